@@ -23,7 +23,7 @@ SetOpt = typer.Option(None, "--set", help="Override a config key: --set train.ep
 
 
 def _setup() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     # Libraries chatter at INFO/WARNING about things users cannot act on; keep their errors.
     for name in ("transformers", "datasets", "huggingface_hub", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -31,6 +31,11 @@ def _setup() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # Tokenising and shard-writing bars flash by in seconds; training keeps its own bar on a terminal.
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def handle_errors(func):

@@ -142,6 +142,7 @@ def train(cfg: Config, data_dir: str | None = None) -> Path:
         if multi:
             model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
         trainer.save_model(str(run_dir))  # safetensors weights, config.json with label maps, tokenizer
+        (run_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
         _remove_checkpoints(run_dir / "checkpoints")
         save_config(cfg, run_dir / runs.RESOLVED_CONFIG)
         runs.write_json(run_dir / runs.DATA_INFO, {

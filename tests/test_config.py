@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+from conftest import ROOT, invoke
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_validates(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    if path.name == "themes.yaml":
+        pytest.skip("the theme schema, not a run config")
+    cfg = load_config(path)
+    assert cfg.theme_ids == ["economy", "renewal", "culture", "livelihood", "reform", "openness"]
+    assert path.read_text(encoding="utf-8").startswith("#"), "every config starts with the command that runs it"
+
+
+def test_set_overrides_are_typed_and_validated(project):
+    cfg = load_config("configs/tiny.yaml", ["train.epochs=3", "model.hidden_size=64"])
+    assert cfg.train.epochs == 3 and cfg.model.hidden_size == 64
+    with pytest.raises(ConfigError, match=r"train.epochs: Input should be a valid number.*'many'"):
+        load_config("configs/tiny.yaml", ["train.epochs=many"])
+
+
+def test_unknown_key_is_one_clear_line(project):
+    Path("configs/typo.yaml").write_text(
+        Path("configs/tiny.yaml").read_text(encoding="utf-8").replace("epochs:", "epoch:"), encoding="utf-8"
+    )
+    result = invoke("train", "configs/typo.yaml")
+    assert result.exit_code == 2
+    assert "invalid config configs/typo.yaml: train.epoch: unknown key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_all_problems_reported_together(project):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tiny.yaml", ["train.mode=both", "seed=x", "data.bogus=1"])
+    message = str(err.value)
+    assert "train.mode" in message and "seed" in message and "data.bogus: unknown key" in message
+
+
+def test_missing_config_file(project):
+    result = invoke("prepare", "configs/nope.yaml")
+    assert result.exit_code == 2
+    assert "config file configs/nope.yaml not found" in result.output

@@ -1,0 +1,70 @@
+"""The tiny end-to-end run: the files a user gets and the numbers in them."""
+
+import json
+import os
+
+import yaml
+from safetensors.torch import load_file
+
+THEMES = ["economy", "renewal", "culture", "livelihood", "reform", "openness"]
+
+
+def test_run_writes_a_complete_run_directory(tiny_run):
+    root, result = tiny_run
+    run = root / "models" / "tiny"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "config.yaml",
+                 "data.json", "train_metrics.json", "metrics.json", "report.md", "predictions.jsonl"):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoints").exists()
+    assert not list(run.glob("*.bin")), "weights are safetensors only"
+    assert os.readlink(root / "models" / "latest") == "tiny"
+    assert "report: models/tiny/report.md" in result.output
+
+
+def test_label_maps_and_thresholds_travel_in_config_json(tiny_run):
+    root, _ = tiny_run
+    config = json.loads((root / "models/tiny/config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(6)] == THEMES
+    assert config["label2id"]["openness"] == 5
+    assert config["problem_type"] == "multi_label_classification"
+    assert set(config["theme_thresholds"]) == set(THEMES)
+    assert all(0 < t < 1 for t in config["theme_thresholds"].values())
+    weights = load_file(root / "models/tiny/model.safetensors")
+    assert weights["classifier.weight"].shape == (6, 32)
+
+
+def test_resolved_config_and_data_hashes_saved(tiny_run):
+    root, _ = tiny_run
+    saved = yaml.safe_load((root / "models/tiny/config.yaml").read_text(encoding="utf-8"))
+    assert saved["seed"] == 13 and saved["model"]["hidden_size"] == 32
+    assert [t["id"] for t in saved["themes"]] == THEMES, "themes are inlined, the run describes itself"
+    data = json.loads((root / "models/tiny/data.json").read_text())
+    assert set(data["sha256"]) == {"train", "validation", "test"}
+    assert all(len(h) == 64 for h in data["sha256"].values())
+
+
+def test_metrics_json_is_consistent_with_the_test_split(tiny_run):
+    root, _ = tiny_run
+    m = json.loads((root / "models/tiny/metrics.json").read_text())
+    test_rows = [json.loads(l) for l in (root / "data/prepared-tiny/test.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert m["n"] == len(test_rows)
+    per = m["primary"]["per_class"]
+    assert list(per) == THEMES
+    assert sum(c["support"] for c in per.values()) == m["n_with_theme"]
+    matrix = m["primary"]["confusion_matrix"]["matrix"]
+    assert sum(map(sum, matrix)) == m["n_with_theme"]
+    correct = sum(matrix[i][i] for i in range(6))
+    assert abs(m["primary"]["accuracy"] - correct / m["n_with_theme"]) < 1e-9
+    for key in ("accuracy", "macro_f1", "micro_f1"):
+        assert 0 <= m["primary"][key] <= 1
+    assert "tfidf_char_lr" in m["baselines"] and "majority" in m["baselines"]
+    report = (root / "models/tiny/report.md").read_text(encoding="utf-8")
+    assert f"| primary macro-F1 | {m['primary']['macro_f1']:.3f} |" in report
+    assert "## Confusion matrix" in report
+
+
+def test_test_predictions_carry_gold_and_scores(tiny_run):
+    root, _ = tiny_run
+    lines = [json.loads(l) for l in (root / "models/tiny/predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert lines and all(set(l["scores"]) == set(THEMES) for l in lines)
+    assert all(l["scores"][l["label"]] == max(l["scores"].values()) for l in lines)
