@@ -165,5 +165,66 @@ def run(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
     _print_metrics(run_evaluate(run_dir), run_dir)
 
 
+@app.command()
+@handle_errors
+def cv(config: Path = ConfigArg, folds: int = typer.Option(5, "--folds", min=2, help="Number of folds K."),
+       set_: Optional[list[str]] = SetOpt):
+    """K-fold cross-validation on train+validation (the test split stays unseen): mean ± std."""
+    from pipeline.cv import cv as run_cv
+
+    cfg = load_config(config, set_)
+    _resolve_base(cfg)
+    result = run_cv(cfg, folds)
+    for name, s in result["summary"].items():
+        typer.echo(f"{name}: {s['mean']:.3f} ± {s['std']:.3f}")
+    typer.echo(f"report: {result['dir']}/cv.md")
+
+
+label_app = typer.Typer(no_args_is_help=True, help="Tools for gold labels: check, suggest, agreement.")
+app.add_typer(label_app, name="label")
+
+
+@label_app.command("check")
+@handle_errors
+def label_check(config: Path = ConfigArg, output: Path = typer.Option(Path("label_check.jsonl"), "--output", "-o"),
+                min_confidence: float = typer.Option(0.6, help="Report disagreements at least this confident."),
+                set_: Optional[list[str]] = SetOpt):
+    """List likely label errors: cross-validated predictions that confidently disagree with the gold label."""
+    from pipeline.label import check
+
+    suspects = check(load_config(config, set_), output, min_confidence=min_confidence)
+    for s in suspects[:20]:
+        typer.echo(f"{s['where']}  gold {s['gold']}  predicted {s['predicted']} ({s['confidence']:.2f})  {s['text'][:50]}")
+    typer.echo(f"{len(suspects)} paragraphs to review, written to {output}")
+
+
+@label_app.command("suggest")
+@handle_errors
+def label_suggest(config: Path = ConfigArg, model: Path = typer.Option(Path("models/latest"), "--model"),
+                  n: int = typer.Option(100, "--n", min=1, help="How many paragraphs to suggest."),
+                  output: Path = typer.Option(Path("to_label.jsonl"), "--output", "-o"),
+                  set_: Optional[list[str]] = SetOpt):
+    """Rank unlabelled paragraphs by how much labelling them would teach the model; write them ready to label."""
+    from pipeline.label import suggest
+
+    rows = suggest(load_config(config, set_), model, output, n)
+    typer.echo(f"{len(rows)} paragraphs to label written to {output}: fill in primary (a theme or none) and secondary")
+
+
+@label_app.command("agreement")
+@handle_errors
+def label_agreement(first: Path = typer.Argument(..., help="Labels by annotator A (JSONL)."),
+                    second: Path = typer.Argument(..., help="Labels by annotator B, same ids."),
+                    config: Path = typer.Option(Path("configs/default.yaml"), "--config", help="For the theme schema.")):
+    """Cohen's kappa between two annotators, on the primary theme and per theme."""
+    from pipeline.label import agreement
+
+    result = agreement(first, second, load_config(config).theme_ids)
+    typer.echo(f"{result['paragraphs']} paragraphs; primary: kappa {result['primary']['kappa']:.3f}, "
+               f"agreement {result['primary']['agreement']:.3f}")
+    for theme, s in result["themes"].items():
+        typer.echo(f"  {theme:<11} kappa {s['kappa']:.3f}  agreement {s['agreement']:.3f}")
+
+
 def main() -> None:
     app()

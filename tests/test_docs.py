@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, invoke
 
-COMMANDS = ["prepare", "pretrain", "train", "evaluate", "predict", "run"]
+COMMANDS = ["prepare", "pretrain", "train", "evaluate", "predict", "run", "cv"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

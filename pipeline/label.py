@@ -1,0 +1,126 @@
+"""label: tools around the gold labels. They propose; a person reading the paragraph decides.
+
+check      cross-validated predictions that confidently disagree with the gold label (likely errors)
+suggest    unlabelled paragraphs ranked by how much labelling them would teach the model
+           (uncertainty near the decision thresholds, then diversity), in the labelling format
+agreement  Cohen's kappa between two annotators, on the primary and per theme
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import runs
+from pipeline.config import Config
+from pipeline.data import NONE, Dropped, read_labels, read_paragraphs
+from pipeline.errors import InputError
+from pipeline.metrics import membership
+
+
+def _tfidf():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
+
+
+def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6) -> list[dict]:
+    """Rows whose out-of-fold prediction (TF-IDF char n-gram LR, fast enough for every edit) disagrees
+    with the gold primary at `min_confidence` or more, most confident first, written to `output`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    labels = read_labels(cfg.data.labels, cfg.theme_ids)
+    rows = [{"id": i, **lab} for i, lab in labels.items() if lab["text"]]
+    if len(rows) < folds * 2:
+        raise InputError(f"label check needs at least {folds * 2} labelled rows with text, found {len(rows)}")
+    y = [r["primary"] for r in rows]
+    model = make_pipeline(_tfidf(), LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced"))
+    n_splits = min(folds, min(np.unique(y, return_counts=True)[1]))
+    if n_splits < 2:
+        raise InputError("label check needs at least 2 examples of every class; label more paragraphs")
+    proba = cross_val_predict(model, [r["text"] for r in rows], y, cv=StratifiedKFold(n_splits, shuffle=True, random_state=cfg.seed),
+                              method="predict_proba")
+    classes = sorted(set(y))
+    suspects = []
+    for row, p in zip(rows, proba):
+        best = int(np.argmax(p))
+        if classes[best] != row["primary"] and p[best] >= min_confidence:
+            suspects.append({"id": row["id"], "where": row["where"], "gold": row["primary"], "predicted": classes[best],
+                             "confidence": round(float(p[best]), 3), "text": row["text"]})
+    suspects.sort(key=lambda s: -s["confidence"])
+    with runs.atomic_file(output) as f:
+        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in suspects)
+    return suspects
+
+
+def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: int = 20) -> list[dict]:
+    """The `n` unlabelled paragraphs of cfg.data.inputs closest to the model's decision thresholds,
+    skipping near-copies of ones already picked (TF-IDF cosine > 0.5)."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    from pipeline.metrics import decide
+    from pipeline.model import load_run, score_texts
+
+    run_dir = runs.check_run_dir(run_dir)
+    labelled = set(read_labels(cfg.data.labels, cfg.theme_ids))
+    pool = [p for p in read_paragraphs(cfg.data.inputs, cfg.data.min_chars, Dropped())
+            if p.id not in labelled and len(p.text) >= min_chars]
+    if not pool:
+        raise InputError("no unlabelled paragraphs in data.inputs to suggest from")
+    tokenizer, model = load_run(run_dir)
+    theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    thresholds = getattr(model.config, "theme_thresholds", None) or {t: 0.5 for t in theme_ids}
+    probs, _ = score_texts(model, tokenizer, [p.text for p in pool])
+    cut = np.array([thresholds[t] for t in theme_ids])
+    uncertainty = -np.abs(probs - cut).min(axis=1)  # nearest any threshold = least sure
+    order = np.argsort(-uncertainty)[: n * 5]
+    vectors = _tfidf().fit_transform([pool[i].text for i in order])
+    chosen: list[int] = []
+    for rank in range(len(order)):
+        if len(chosen) == n:
+            break
+        if chosen and cosine_similarity(vectors[rank], vectors[chosen]).max() > 0.5:
+            continue
+        chosen.append(rank)
+    top, labels = decide(probs, theme_ids, thresholds)
+    out = []
+    for rank in chosen:
+        i = int(order[rank])
+        para = pool[i]
+        out.append({"id": para.id, "source": para.source, "primary": "", "secondary": [], "text": para.text,
+                    "model_labels": labels[i], "model_scores": {t: round(float(x), 3) for t, x in zip(theme_ids, probs[i])}})
+    with runs.atomic_file(output) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
+    return out
+
+
+def agreement(first: Path, second: Path, theme_ids: list[str]) -> dict:
+    """Cohen's kappa on the primary (7 classes with none) and per theme (in primary ∪ secondary or not),
+    over the ids both files label."""
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = read_labels([str(first)], theme_ids), read_labels([str(second)], theme_ids)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise InputError(f"{first} and {second} label no paragraph in common; expected the same ids")
+    rows_a = [a[i] for i in shared]
+    rows_b = [b[i] for i in shared]
+    result = {
+        "paragraphs": len(shared),
+        "primary": {"kappa": float(cohen_kappa_score([r["primary"] for r in rows_a], [r["primary"] for r in rows_b])),
+                    "agreement": float(np.mean([x["primary"] == y["primary"] for x, y in zip(rows_a, rows_b)]))},
+        "themes": {},
+    }
+    ma, mb = membership(rows_a, theme_ids), membership(rows_b, theme_ids)
+    for j, theme in enumerate(theme_ids):
+        result["themes"][theme] = {"kappa": float(cohen_kappa_score(ma[:, j], mb[:, j])),
+                                   "agreement": float(np.mean(ma[:, j] == mb[:, j]))}
+    none_a = [r["primary"] == NONE for r in rows_a]
+    none_b = [r["primary"] == NONE for r in rows_b]
+    result["themes"][NONE] = {"kappa": float(cohen_kappa_score(none_a, none_b)),
+                              "agreement": float(np.mean(np.array(none_a) == np.array(none_b)))}
+    return result
