@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test test-slow clean
+.PHONY: install run test test-slow clean browser
 
 $(BIN)/pipeline: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# Headless Chromium for the report's browser test and `pipeline report-screenshot` (Debian packages;
+# the test skips without it). A CJK font so the Chinese paragraphs render. Skipped once installed.
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium already installed"; else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-zenhei; fi
 
 clean:
 	rm -rf data/prepared data/prepared-tiny models/*/ models/latest

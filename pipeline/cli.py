@@ -136,17 +136,42 @@ def _print_metrics(m: dict, run_dir: Path) -> None:
 @handle_errors
 def predict(
     inputs: list[str] = typer.Argument(..., help="Article files, folders, .jsonl files, or - for stdin."),
-    model: Path = typer.Option(Path("models/latest"), "--model", help="Run directory."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file; stdout if omitted."),
+    model: Path = typer.Option(Path("models/latest"), "--model", help="Run directory, or an export folder from `pipeline export`."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file ({shard} becomes the shard index); stdout if omitted."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
     batch_size: int = typer.Option(64, help="Windows per forward pass."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="Also write one JSON line per article: theme shares, main themes."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: only records k with k mod n = i; auto: from RANK/WORLD_SIZE (torchrun)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, torch or onnx (a run's export-onnx folder)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation of the Linear layers (CPU)."),
 ):
     """Classify every paragraph of new articles (batch inference)."""
     from pipeline.predict import predict as run_predict
 
-    counts = run_predict(model, inputs, str(output) if output else None, fmt, batch_size)
+    counts = run_predict(model, inputs, output, fmt, batch_size, summary=summary, shard=shard, engine=engine, quantize=quantize)
     if output:
-        typer.echo(f"wrote {counts['records']} records to {output} ({counts['multi_window_records']} needed several windows)", err=True)
+        typer.echo(f"wrote {counts['records']} records (shard {counts['shard']}, {counts['engine']}, "
+                   f"{counts['records_per_second']:.0f}/s) to {output} ({counts['multi_window_records']} needed several windows)", err=True)
+
+
+@app.command()
+@handle_errors
+def export(
+    run_dir: Path = typer.Argument(Path("models/latest"), help="Run directory."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (model.onnx), or torch (weights, quantised when loaded)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write; default RUN_DIR/export-<format>[-int8]."),
+    check: Optional[list[str]] = typer.Option(None, "--check", help="Inputs (as predict takes them) to compare the export with the float model on."),
+):
+    """Export a run for deployment (ONNX and/or int8) and check its parity with the float model."""
+    from pipeline.export import export as run_export
+
+    result = run_export(run_dir, fmt, quantize, output, check)
+    typer.echo(f"exported: {result['dir']}")
+    if "parity" in result:
+        p = result["parity"]
+        typer.echo(f"parity with the float model on {p['records']} records: identical top theme "
+                   f"{p['identical_top']:.2%}, max score difference {p['max_score_difference']:.4f}")
 
 
 @app.command()
@@ -178,6 +203,31 @@ def cv(config: Path = ConfigArg, folds: int = typer.Option(5, "--folds", min=2, 
     for name, s in result["summary"].items():
         typer.echo(f"{name}: {s['mean']:.3f} ± {s['std']:.3f}")
     typer.echo(f"report: {result['dir']}/cv.md")
+
+
+@app.command()
+@handle_errors
+def compare(run_dirs: list[Path] = typer.Argument(..., help="Evaluated run directories; deltas are against the first."),
+            output: Path = typer.Option(Path("compare.html"), "--output", "-o", help="Where to write the HTML page.")):
+    """Runs side by side: headline metrics, deltas against the first run, config differences."""
+    from pipeline.report import render_compare_text, write_compare
+
+    table = write_compare(run_dirs, output)
+    typer.echo(render_compare_text(table))
+    typer.echo(f"page: {output}")
+
+
+@app.command("report-screenshot")
+@handle_errors
+def report_screenshot(
+    page: Path = typer.Argument(Path("models/latest"), help="A run directory (its report.html) or an HTML page (cv.html, compare.html)."),
+    output: Path = typer.Option(Path("report.png"), "--output", "-o", help="PNG to write."),
+    width: int = typer.Option(1280, min=320, help="Page width in pixels."),
+):
+    """Screenshot a report page in headless Chromium, to look at it (needs `make browser`)."""
+    from pipeline.report import REPORT_HTML, screenshot
+
+    typer.echo(f"screenshot: {screenshot(page / REPORT_HTML if page.is_dir() else page, output, width)}")
 
 
 label_app = typer.Typer(no_args_is_help=True, help="Tools for gold labels: check, suggest, agreement.")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 
-THEME_ID_PATTERN = r"^[a-z][a-z0-9_]*$"
+THEME_ID_PATTERN = r"^\S+$"  # label ids appear in JSON keys and CSV headers: no whitespace
 
 
 class Strict(BaseModel):
@@ -30,19 +30,49 @@ class Theme(Strict):
     description: str = Field(description="What the theme covers; shown in reports and the model card.")
 
 
+class TableSource(Strict):
+    """A labelled table: each row carries its text and its label(s)."""
+
+    path: str = Field(description="CSV, TSV, JSONL or Parquet file, or a folder saved by datasets' save_to_disk.")
+    format: Literal["csv", "tsv", "jsonl", "parquet", "hf_disk"] | None = Field(
+        None, description="Read from the file suffix when null (.csv .tsv/.txt .jsonl .parquet; a folder is hf_disk)."
+    )
+    header: bool = Field(True, description="CSV/TSV: the first row names the columns.")
+    columns: list[str] | None = Field(None, description="CSV/TSV without a header: names for its columns.")
+    text_columns: list[str] = Field(["text"], min_length=1, description="Columns joined (text_separator) into the text.")
+    text_separator: str = Field(" ", description="Placed between text columns.")
+    label_column: str = Field("label", description="Column holding the label name, integer id, or a list.")
+    label_separator: str | None = Field(
+        None, description="Several labels in one cell (e.g. ';'): the first is the primary. Empty cell = no label (none)."
+    )
+    label_names: str | None = Field(None, description="File with one label name a line; integer labels index it (0-based).")
+    id_column: str | None = Field(None, description="Column with a row id; default <file stem>:<row number>.")
+    split: Literal["train", "validation", "test"] | None = Field(
+        None, description="Put every row in this split (e.g. a published test set) instead of splitting by fractions."
+    )
+    hf_split: str | None = Field(None, description="hf_disk: which split of a saved DatasetDict.")
+
+
 class DataConfig(Strict):
     inputs: list[str] = Field(
-        min_length=1,
+        [],
         description="Article files (.txt/.md), folders of them, .jsonl files with a `text` field, "
         "or a named corpus such as `corpus:people_daily_1998`.",
     )
-    labels: list[str] = Field(min_length=1, description="Label files (JSONL), joined to paragraphs by `id`.")
+    labels: list[str] = Field([], description="Label files (JSONL), joined to paragraphs of `inputs` by `id`.")
+    tables: list[TableSource] = Field([], description="Labelled tables (your own data in CSV/TSV/JSONL/Parquet/HF).")
     output_dir: str = Field("data/prepared", description="Where `prepare` writes train/validation/test JSONL.")
     validation_fraction: float = Field(0.15, ge=0.0, lt=0.5, description="Share of each class held out for validation.")
     test_fraction: float = Field(0.15, ge=0.0, lt=0.5, description="Share of each class held out for the test split.")
     min_chars: int = Field(
         8, ge=1, description="Article lines shorter than this are metadata (bylines, dates), dropped and counted."
     )
+
+    @model_validator(mode="after")
+    def _some_labelled_source(self) -> "DataConfig":
+        if not self.tables and not (self.inputs and self.labels):
+            raise ValueError("expected labelled data: data.inputs with data.labels, or data.tables")
+        return self
 
 
 class ModelConfig(Strict):
@@ -74,6 +104,10 @@ class PretrainConfig(Strict):
     init_from: str | None = Field(
         None, description="Continue pretraining this checkpoint (domain-adaptive); null trains from scratch."
     )
+    exclude: list[str] = Field(
+        [], description="Label files whose paragraphs are removed from the corpus, so evaluation text is never pretrained on."
+    )
+    save_half: bool = Field(False, description="Store the weights as float16 (half the size, e.g. to ship a base in git).")
     vocab_min_count: int = Field(2, ge=1, description="Characters seen fewer times map to [UNK].")
     hidden_size: int = 256
     num_layers: int = 4
@@ -112,7 +146,9 @@ class TrainConfig(Strict):
 class Config(Strict):
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run folder name under train.output_dir.")
     seed: int = Field(42, description="Seeds splits, initialisation, shuffling and dropout.")
-    themes: list[Theme] = Field(min_length=2, description="The label schema, inline or a path to a YAML list.")
+    themes: list[Theme] | None = Field(
+        None, description="The label schema, inline or a path to a YAML list; null derives it from the data's labels."
+    )
     data: DataConfig
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig | None = Field(None, description="If set, `run` builds this base first and fine-tunes from it.")
@@ -130,14 +166,15 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _unique_theme_ids(self) -> "Config":
-        ids = [t.id for t in self.themes]
-        if len(set(ids)) != len(ids) or "none" in ids:
-            raise ValueError(f"theme ids must be unique and not 'none', found {ids}")
+        ids = [t.id for t in self.themes or []]
+        if len(set(ids)) != len(ids) or "none" in ids or (self.themes is not None and len(ids) < 2):
+            raise ValueError(f"label ids must be at least two, unique and not 'none', found {ids}")
         return self
 
     @property
-    def theme_ids(self) -> list[str]:
-        return [t.id for t in self.themes]
+    def theme_ids(self) -> list[str] | None:
+        """Label ids in schema order; None until derived from the data (see data.resolve_schema)."""
+        return [t.id for t in self.themes] if self.themes is not None else None
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -190,9 +227,11 @@ def config_dict(cfg: Config | BaseModel) -> dict:
     return json.loads(cfg.model_dump_json())
 
 
-def config_hash(cfg: BaseModel) -> str:
-    """Short stable hash of a config section: keys a cached artefact (a pretrained base) to its recipe."""
-    blob = json.dumps(config_dict(cfg), sort_keys=True, ensure_ascii=False).encode()
+def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ()) -> str:
+    """Short stable hash of a config section: keys a cached artefact (a pretrained base) to its recipe.
+    `ignore` names fields that do not change the result (where it is stored, how often it is checkpointed)."""
+    recipe = {k: v for k, v in config_dict(cfg).items() if k not in ignore}
+    blob = json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 

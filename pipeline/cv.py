@@ -3,7 +3,7 @@
 Pools the prepared train and validation splits (the test split stays untouched), cuts K
 stratified folds, and for each fold trains on the rest (with a stratified slice of it for early
 stopping and thresholds) and evaluates on the fold, beside the TF-IDF baseline. Writes
-models/<run_name>-cv/: fold-<k>/ run directories, cv.json and cv.md.
+models/<run_name>-cv/: fold-<k>/ run directories, cv.json, cv.md and cv.html (pipeline.report renders both).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pipeline import runs
 from pipeline.config import Config
 from pipeline.data import load_split, split_rows
 from pipeline.evaluate import evaluate
+from pipeline.report import write_cv_reports
 from pipeline.train import train
 
 FIGURES = {
@@ -67,12 +68,6 @@ def cv(cfg: Config, folds: int = 5) -> dict:
     result = {"folds": folds, "pooled_paragraphs": len(pool), "model": cfg.model.name_or_path or "small BERT (random init)",
               "seed": cfg.seed, "summary": summary}
     runs.write_json(out / "cv.json", result)
-    lines = [f"# {folds}-fold cross-validation: {cfg.run_name}", "",
-             f"{len(pool)} paragraphs (train + validation; the test split is not used). Model: {result['model']}.", "",
-             "| figure | mean ± std | folds |", "|---|---|---|"]
-    for name, s in summary.items():
-        lines.append(f"| {name} | {s['mean']:.3f} ± {s['std']:.3f} | {', '.join(f'{v:.3f}' for v in s['folds'])} |")
-    with runs.atomic_file(out / "cv.md") as f:
-        f.write("\n".join(lines) + "\n")
+    write_cv_reports(result, out, cfg.run_name)
     result["dir"] = str(out)
     return result

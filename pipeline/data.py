@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.config import Config
+from pipeline.config import Config, TableSource, Theme
 from pipeline.errors import InputError
 from pipeline.runs import atomic_dir
 
@@ -239,9 +239,9 @@ def read_paragraphs(inputs: list[str], min_chars: int, dropped: Dropped) -> Iter
                 yield Paragraph(f"{path.stem}:{index}", str(path), index, text)
 
 
-def read_labels(paths: list[str], theme_ids: list[str]) -> dict[str, dict]:
+def read_labels(paths: list[str], theme_ids: list[str] | None) -> dict[str, dict]:
     """id → {primary, secondary, text, where}. Unknown themes and malformed rows name file and line."""
-    allowed = set(theme_ids) | {NONE}
+    allowed = set(theme_ids) | {NONE} if theme_ids is not None else None
     labels: dict[str, dict] = {}
     for spec in paths:
         path = Path(spec)
@@ -259,7 +259,7 @@ def read_labels(paths: list[str], theme_ids: list[str]) -> dict[str, dict]:
                 raise InputError(f'{where}: expected an object with "id" and "primary", found {line[:60]!r}')
             secondary = row.get("secondary") or []
             for theme in [row["primary"], *secondary]:
-                if theme not in allowed:
+                if allowed is not None and theme not in allowed:
                     raise InputError(
                         f"{where}: unknown theme {theme!r}; expected one of {', '.join(sorted(allowed))}; "
                         f"fix the label or add the theme to the schema"
@@ -275,6 +275,124 @@ def read_labels(paths: list[str], theme_ids: list[str]) -> dict[str, dict]:
                 "where": where,
             }
     return labels
+
+
+def _table_format(source: TableSource) -> str:
+    if source.format:
+        return source.format
+    path = Path(source.path)
+    if path.is_dir():
+        return "hf_disk"
+    formats = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+    if path.suffix.lower() not in formats:
+        raise InputError(f"table {path}: cannot tell its format from {path.suffix or 'no suffix'}; set format: csv|tsv|jsonl|parquet|hf_disk")
+    return formats[path.suffix.lower()]
+
+
+def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
+    """(row number, {column: value}) for each row; row numbers count lines in text files, from 1."""
+    import csv
+
+    path = Path(source.path)
+    if not path.exists():
+        raise InputError(f"table {path} not found; check data.tables[].path")
+    fmt = _table_format(source)
+    if fmt in ("csv", "tsv"):
+        text = read_text(path)
+        reader = csv.reader(text.splitlines(), delimiter="," if fmt == "csv" else "\t",
+                            quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
+        names = source.columns
+        for number, values in enumerate(reader, 1):
+            if number == 1 and source.header:
+                names = names or values
+                continue
+            if not values:
+                continue
+            if names is None:
+                raise InputError(f"table {path} has no header row; set header: true or name them with columns: [...]")
+            if len(values) != len(names):
+                raise InputError(f"{path}:{number}: expected {len(names)} columns ({', '.join(names)}), found {len(values)}; "
+                                 f"check the delimiter and quoting of that line")
+            yield number, dict(zip(names, values))
+    elif fmt == "jsonl":
+        for number, line in enumerate(read_text(path).splitlines(), 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for unreadable files
+            raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__}); check the file") from None
+        for number, row in enumerate(table.to_pylist(), 1):
+            yield number, row
+    else:
+        from datasets import DatasetDict, load_from_disk
+
+        try:
+            ds = load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(f"{path}: not a dataset saved with save_to_disk ({e}); check data.tables[].path") from None
+        if isinstance(ds, DatasetDict):
+            if source.hf_split not in ds:
+                raise InputError(f"{path} holds splits {', '.join(ds)}; choose one with hf_split")
+            ds = ds[source.hf_split]
+        for number, row in enumerate(ds, 1):
+            yield number, row
+
+
+def read_table(source: TableSource) -> list[dict]:
+    """Labelled rows of one table: id, source, paragraph_index, text, primary, secondary, split."""
+    path = Path(source.path)
+    names = None
+    if source.label_names:
+        names = [line.strip() for line in read_text(Path(source.label_names)).splitlines() if line.strip()]
+    rows = []
+    for number, record in _table_rows(source):
+        where = f"{path}:{number}"
+        for column in [*source.text_columns, source.label_column] + ([source.id_column] if source.id_column else []):
+            if column not in record:
+                raise InputError(f"{where}: column {column!r} not found; columns are {', '.join(map(str, record))}; "
+                                 f"set text_columns / label_column / id_column in data.tables")
+        text = normalize(source.text_separator.join(str(record[c] or "") for c in source.text_columns))
+        if not text:
+            raise InputError(f"{where}: the text is empty; remove the row or fill it in")
+        value = record[source.label_column]
+        if isinstance(value, list):
+            labels = [str(v) for v in value]
+        elif source.label_separator is not None:
+            labels = [v.strip() for v in str(value or "").split(source.label_separator) if v.strip()]
+        else:
+            labels = [str(value).strip()] if value is not None and str(value).strip() else []
+        if names is not None:
+            resolved = []
+            for label in labels:
+                if not label.lstrip("-").isdigit() or not 0 <= int(label) < len(names):
+                    raise InputError(f"{where}: label id {label!r} has no name in {source.label_names} "
+                                     f"({len(names)} names, ids 0-{len(names) - 1}); fix the id or the names file")
+                resolved.append(names[int(label)])
+            labels = resolved
+        row_id = str(record[source.id_column]) if source.id_column else f"{path.stem}:{number}"
+        rows.append({"id": row_id, "source": str(path), "paragraph_index": number - 1, "text": text,
+                     "primary": labels[0] if labels else NONE, "secondary": labels[1:], "split": source.split,
+                     "where": where})
+    if not rows:
+        raise InputError(f"table {path} has no rows; expected labelled data")
+    return rows
+
+
+def derive_schema(cfg: Config, rows: list[dict]) -> list[str]:
+    """Label ids: the configured themes, else the names files' order, else sorted labels seen."""
+    if cfg.theme_ids is not None:
+        return cfg.theme_ids
+    for source in cfg.data.tables:
+        if source.label_names:
+            return [l.strip() for l in read_text(Path(source.label_names)).splitlines() if l.strip()]
+    return sorted({t for r in rows for t in [r["primary"], *r["secondary"]]} - {NONE})
 
 
 def _stable_key(seed: int, text: str) -> str:
@@ -308,12 +426,10 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare(cfg: Config) -> dict:
-    """Build the labelled splits from cfg.data; returns the report also written to prepare_report.json."""
-    dropped = Dropped()
-    labels = read_labels(cfg.data.labels, cfg.theme_ids)
+def _article_rows(cfg: Config, labels: dict[str, dict], dropped: Dropped) -> tuple[list[dict], int, int]:
+    """Labelled paragraphs of data.inputs (joined to data.labels by id); also (paragraphs read, unlabelled)."""
     matched: set[str] = set()
-    rows, seen_text = [], {}
+    rows = []
     n_paragraphs = unlabelled = 0
     for para in read_paragraphs(cfg.data.inputs, cfg.data.min_chars, dropped):
         n_paragraphs += 1
@@ -327,25 +443,63 @@ def prepare(cfg: Config) -> dict:
                 f"{label['where']}: text differs from paragraph {para.id} in the inputs; "
                 f"the source changed since labelling: relabel that paragraph"
             )
-        if para.text in seen_text:
-            dropped.add("duplicate", para.text, f"{para.id} (same text as {seen_text[para.text]})")
-            continue
-        seen_text[para.text] = para.id
-        rows.append({**para.as_dict(), "primary": label["primary"], "secondary": label["secondary"]})
+        rows.append({**para.as_dict(), "primary": label["primary"], "secondary": label["secondary"], "split": None,
+                     "where": label["where"]})
     orphans = [lab["where"] for lid, lab in labels.items() if lid not in matched]
     if orphans:
         raise InputError(
             f"{orphans[0]}: label id matches no paragraph in data.inputs ({len(orphans)} such rows); "
             f"add its source to data.inputs or remove the row"
         )
-    if not rows:
+    return rows, n_paragraphs, unlabelled
+
+
+def prepare(cfg: Config) -> dict:
+    """Build the labelled splits from cfg.data; returns the report also written to prepare_report.json.
+    When cfg.themes is null the label schema is derived from the data and set on cfg."""
+    dropped = Dropped()
+    labels = read_labels(cfg.data.labels, cfg.theme_ids)
+    rows, n_paragraphs, unlabelled = _article_rows(cfg, labels, dropped)
+    table_rows = 0
+    for source in cfg.data.tables:
+        table = read_table(source)
+        table_rows += len(table)
+        rows += table
+    schema = derive_schema(cfg, rows)
+    allowed = set(schema) | {NONE}
+    for row in rows:
+        for label in [row["primary"], *row["secondary"]]:
+            if label not in allowed:
+                raise InputError(f"{row['where']}: unknown label {label!r}; expected one of {', '.join(sorted(allowed))}; "
+                                 f"fix the label or add it to the schema")
+    if cfg.themes is None:
+        cfg.themes = [Theme(id=label, name=label, description="") for label in schema]
+    unique, seen_text = [], {}
+    for row in rows:
+        if row["text"] in seen_text:
+            dropped.add("duplicate", row["text"], f"{row['id']} (same text as {seen_text[row['text']]})")
+            continue
+        seen_text[row["text"]] = row["id"]
+        unique.append(row)
+    if not unique:
         raise InputError("no labelled paragraphs: data.labels ids match nothing in data.inputs")
-    splits = split_rows(rows, cfg.data.validation_fraction, cfg.data.test_fraction, cfg.seed)
+    fixed = {name: [r for r in unique if r["split"] == name] for name in SPLITS}
+    splits = split_rows([r for r in unique if r["split"] is None], cfg.data.validation_fraction, cfg.data.test_fraction, cfg.seed)
+    for name in SPLITS:
+        splits[name] = fixed[name] + splits[name]
+    seen_in_train = {label for r in splits["train"] for label in [r["primary"], *r["secondary"]]}
+    for name in ("validation", "test"):
+        for row in splits[name]:
+            missing = [label for label in [row["primary"], *row["secondary"]] if label not in seen_in_train and label != NONE]
+            if missing:
+                raise InputError(f"{row['where']}: label {missing[0]!r} appears in {name} but never in train; "
+                                 f"add training examples of it or drop it from the data")
     out = Path(cfg.data.output_dir)
     report = {
-        "paragraphs_read": n_paragraphs,
+        "paragraphs_read": n_paragraphs + table_rows,
         "unlabelled_not_used": unlabelled,
-        "labelled": len(rows),
+        "labelled": len(unique),
+        "labels": schema,
         "dropped": dropped.as_dict(),
         "splits": {},
     }
@@ -354,14 +508,26 @@ def prepare(cfg: Config) -> dict:
             path = tmp / f"{name}.jsonl"
             with path.open("w", encoding="utf-8") as f:
                 for row in members:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    record = {k: v for k, v in row.items() if k not in ("split", "where")}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
             report["splits"][name] = {
                 "paragraphs": len(members),
                 "primary": dict(sorted(Counter(r["primary"] for r in members).items())),
                 "sha256": file_sha256(path),
             }
+        (tmp / "schema.json").write_text(json.dumps(schema, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "prepare_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def resolve_schema(cfg: Config, data_dir: str | Path) -> None:
+    """A config without themes takes the schema `prepare` derived and stored beside the splits."""
+    if cfg.themes is not None:
+        return
+    path = Path(data_dir) / "schema.json"
+    if not path.is_file():
+        raise InputError(f"{path} not found; run `pipeline prepare CONFIG` first")
+    cfg.themes = [Theme(id=label, name=label, description="") for label in json.loads(path.read_text(encoding="utf-8"))]
 
 
 def load_split(data_dir: str | Path, name: str) -> list[dict]:

@@ -1,12 +1,14 @@
 """evaluate: score a run on a held-out split, beside simple baselines, and write the report.
 
 Reads the run directory (model, config.yaml, data.json) and the split it names. Writes into
-the run directory: metrics.json, report.md and predictions.jsonl (one line per test paragraph).
+the run directory: metrics.json, predictions.jsonl (one line per test paragraph), and through
+pipeline.report the pages rendered from them: report.md, report.html and README.md (model card).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections import Counter
@@ -19,30 +21,25 @@ from pipeline import runs
 from pipeline.config import load_config
 from pipeline.data import NONE, file_sha256, load_split
 from pipeline.errors import RunDirError
-from pipeline.metrics import classification_metrics, decide, theme_metrics
+from pipeline.metrics import (bootstrap_ci, calibration, classification_metrics, decide, length_buckets, membership,
+                              theme_metrics, threshold_curves)
 from pipeline.model import load_run, score_texts
+from pipeline.report import write_reports
+
+BOOTSTRAP_RESAMPLES = 1000  # enough for stable 2.5/97.5 percentiles; vectorised, well under a second
 
 
-def baselines(train_rows: list[dict], test_rows: list[dict], theme_ids: list[str], multi_label: bool) -> dict:
-    """Majority class and a TF-IDF character 1-3-gram logistic regression, same split as the model.
+def baseline_predictions(train_rows: list[dict], test_rows: list[dict], multi_label: bool) -> dict:
+    """name -> (top theme per test row, says-none per test row) for the majority class and a TF-IDF
+    character 1-3-gram logistic regression, fitted on `train_rows`.
 
-    Scored like the model: primary = best theme among paragraphs that have one; `none` when the
-    none class wins overall (multi-label runs only)."""
+    Primary = best theme among themes; `none` when the none class wins overall (multi-label only)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    themed = [i for i, r in enumerate(test_rows) if r["primary"] != NONE]
-
-    def scored(top: list[str], says_none: list[bool]) -> dict:
-        out = {"primary": classification_metrics([test_rows[i]["primary"] for i in themed], [top[i] for i in themed], theme_ids)}
-        if multi_label:
-            gold_none = [r["primary"] == NONE for r in test_rows]
-            out["none_f1"] = float(f1_score(gold_none, says_none, zero_division=0))
-        return out
-
     fit_rows = train_rows if multi_label else [r for r in train_rows if r["primary"] != NONE]
     majority = Counter(r["primary"] for r in fit_rows if r["primary"] != NONE).most_common(1)[0][0]
-    result = {"majority": {"predicts": majority, **scored([majority] * len(test_rows), [False] * len(test_rows))}}
+    result = {"majority": ([majority] * len(test_rows), [False] * len(test_rows))}
     if len({r["primary"] for r in fit_rows}) >= 2:
         vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
         clf = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced")
@@ -52,12 +49,81 @@ def baselines(train_rows: list[dict], test_rows: list[dict], theme_ids: list[str
         theme_cols = [j for j, c in enumerate(classes) if c != NONE]
         top = [classes[theme_cols[int(np.argmax(row[theme_cols]))]] for row in proba]
         says_none = [classes[int(np.argmax(row))] == NONE for row in proba]
-        result["tfidf_char_lr"] = scored(top, says_none)
+        result["tfidf_char_lr"] = (top, says_none)
     return result
 
 
+def score_baselines(predictions: dict, test_rows: list[dict], theme_ids: list[str], multi_label: bool) -> dict:
+    """Score baseline_predictions like the model: primary over paragraphs with a theme, none F1 (multi-label)."""
+    themed = [i for i, r in enumerate(test_rows) if r["primary"] != NONE]
+    out = {}
+    for name, (top, says_none) in predictions.items():
+        scored = {"primary": classification_metrics([test_rows[i]["primary"] for i in themed], [top[i] for i in themed], theme_ids)}
+        if multi_label:
+            gold_none = [r["primary"] == NONE for r in test_rows]
+            scored["none_f1"] = float(f1_score(gold_none, says_none, zero_division=0))
+        if name == "majority":
+            scored = {"predicts": top[0] if top else None, **scored}
+        out[name] = scored
+    return out
+
+
+def baselines(train_rows: list[dict], test_rows: list[dict], theme_ids: list[str], multi_label: bool) -> dict:
+    """Majority class and a TF-IDF character 1-3-gram logistic regression, same split as the model, scored."""
+    return score_baselines(baseline_predictions(train_rows, test_rows, multi_label), test_rows, theme_ids, multi_label)
+
+
+def report_figures(rows: list[dict], probs: np.ndarray, theme_ids: list[str], thresholds: dict | None,
+                   base_top: dict[str, list[str]], seed: int) -> dict:
+    """The metrics.json keys behind the report's figures: bootstrap intervals (model and model - baseline),
+    calibration of the top-theme score, scores by paragraph length, and per-theme threshold curves."""
+    top, _ = decide(probs, theme_ids, thresholds)
+    themed = [i for i, r in enumerate(rows) if r["primary"] != NONE]
+    gold = [rows[i]["primary"] for i in themed]
+    pick = lambda values: [values[i] for i in themed]
+    out = {"confidence_intervals": {
+        "method": "percentile bootstrap over paragraphs with a theme; vs_baselines: paired, model minus baseline",
+        "resamples": BOOTSTRAP_RESAMPLES, "seed": seed, "level": 0.95,
+        **bootstrap_ci(gold, pick(top), theme_ids, {name: pick(p) for name, p in base_top.items()},
+                       resamples=BOOTSTRAP_RESAMPLES, seed=seed),
+    }}
+    confidence = probs[themed].max(axis=1) if themed else np.zeros(0)
+    out["calibration"] = {
+        "of": "top-theme score against the gold primary, paragraphs with a theme",
+        **calibration(confidence, [t == g for t, g in zip(pick(top), gold)]),
+    }
+    systems = {"model": pick(top), **{name: pick(p) for name, p in base_top.items() if name != "majority"}}
+    out["by_length"] = length_buckets([len(rows[i]["text"]) for i in themed], gold, systems, theme_ids)
+    if thresholds is not None:
+        out["threshold_curves"] = threshold_curves(probs, membership(rows, theme_ids), theme_ids)
+    return out
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "scikit-learn", "policy-theme-pipeline"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Score the run on `split` and write metrics.json, report.md and predictions.jsonl into it."""
+    """Score the run on `split` and write metrics.json, predictions.jsonl, report.md, report.html and README.md into it."""
     run_dir = runs.check_run_dir(run_dir)
     cfg = load_config(run_dir / runs.RESOLVED_CONFIG)
     data_info = runs.read_json(run_dir / runs.DATA_INFO)
@@ -83,7 +149,9 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     metrics = theme_metrics(rows, probs, theme_ids, thresholds)
     metrics["split"] = split
     metrics["mode"] = "multi_label" if multi else "single_label"
-    metrics["baselines"] = baselines(load_split(data_dir, "train"), rows, theme_ids, multi)
+    predictions = baseline_predictions(load_split(data_dir, "train"), rows, multi)
+    metrics["baselines"] = score_baselines(predictions, rows, theme_ids, multi)
+    metrics.update(report_figures(rows, probs, theme_ids, thresholds, {n: p[0] for n, p in predictions.items()}, cfg.seed))
     metrics["run"] = {
         "run_dir": str(run_dir),
         "model": cfg.model.name_or_path or "small BERT (random init)",
@@ -92,6 +160,10 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": f"{platform.machine()} {platform.system()}, python {platform.python_version()}",
         "paragraphs_per_second": round(len(rows) / max(seconds, 1e-9), 1),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "versions": _versions(),
     }
     top, labels = decide(probs, theme_ids, thresholds)
     with runs.atomic_file(run_dir / runs.TEST_PREDICTIONS) as f:
@@ -101,54 +173,6 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
                 "label": t, "labels": ls, "scores": {th: round(float(x), 4) for th, x in zip(theme_ids, p)}, "windows": w,
             }, ensure_ascii=False) + "\n")
     runs.write_json(run_dir / runs.METRICS, metrics)
-    with runs.atomic_file(run_dir / runs.REPORT_MD) as f:
-        f.write(render_markdown(metrics, rows, top, labels, probs))
+    # The pages are rendered from the files just written, so what they show is what metrics.json says.
+    write_reports(run_dir)
     return metrics
-
-
-def _pct(x: float) -> str:
-    return f"{x:.3f}"
-
-
-def render_markdown(m: dict, rows: list[dict], top: list[str], labels: list[list[str]], probs: np.ndarray) -> str:
-    primary = m["primary"]
-    lines = [f"# Evaluation report: {Path(m['run']['run_dir']).name}", ""]
-    lines += [f"Split `{m['split']}`: {m['n']} paragraphs, {m['n_with_theme']} with a theme. Mode: {m['mode']}.", ""]
-    lines += ["## Headline", "", "| figure | model | TF-IDF char LR | majority |", "|---|---|---|---|"]
-    base = m["baselines"]
-    tf = base.get("tfidf_char_lr", {})
-    maj = base["majority"]
-    for key, name in (("macro_f1", "primary macro-F1"), ("micro_f1", "primary micro-F1"), ("accuracy", "primary accuracy")):
-        lines.append(f"| {name} | {_pct(primary[key])} | {_pct(tf['primary'][key]) if tf else '-'} | {_pct(maj['primary'][key])} |")
-    if "none" in m:
-        lines.append(f"| none F1 | {_pct(m['none']['f1'])} | {_pct(tf['none_f1']) if tf else '-'} | {_pct(maj['none_f1'])} |")
-        lines.append(f"| label-set macro-F1 | {_pct(m['labels']['macro_f1'])} | - | - |")
-    lines += ["", "Primary figures are over paragraphs that have a theme: the top-scoring theme against the gold primary.", ""]
-    lines += ["## Per theme (primary)", "", "| theme | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    for theme, s in primary["per_class"].items():
-        lines.append(f"| {theme} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['support']} |")
-    if "labels" in m:
-        lines += ["", "## Label sets (primary ∪ secondary, thresholds tuned on validation)", "",
-                  "| theme | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
-        for theme, s in m["labels"]["per_theme"].items():
-            lines.append(f"| {theme} | {s['threshold']:.2f} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['support']} |")
-        n = m["none"]
-        lines += ["", f"Recognising `none`: precision {_pct(n['precision'])}, recall {_pct(n['recall'])}, F1 {_pct(n['f1'])}, support {n['support']}."]
-    cm = m.get("assigned", primary)["confusion_matrix"]
-    lines += ["", "## Confusion matrix (rows gold, columns predicted)", "", "| gold \\ predicted | " + " | ".join(cm["labels"]) + " |",
-              "|---|" + "---|" * len(cm["labels"])]
-    for label, row in zip(cm["labels"], cm["matrix"]):
-        lines.append(f"| {label} | " + " | ".join(str(x) for x in row) + " |")
-    lines += ["", "## Worst mistakes", "", "| gold | predicted | confidence | text |", "|---|---|---|---|"]
-    mistakes = []
-    for i, row in enumerate(rows):
-        pred = top[i] if labels[i] else NONE
-        if pred != row["primary"]:
-            mistakes.append((float(probs[i].max()), row["primary"], pred, row["text"]))
-    for conf, gold, pred, text in sorted(mistakes, reverse=True)[:15]:
-        lines.append(f"| {gold} | {pred} | {conf:.2f} | {text[:80].replace('|', '/')}{'…' if len(text) > 80 else ''} |")
-    run = m["run"]
-    lines += ["", "## Run", "", f"- model: {run['model']}", f"- seed: {run['seed']}",
-              f"- data sha256: " + ", ".join(f"{k} {v[:12]}" for k, v in run["data_sha256"].items()),
-              f"- evaluated: {run['evaluated_at']} on {run['machine']}", ""]
-    return "\n".join(lines)

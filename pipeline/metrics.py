@@ -119,3 +119,120 @@ def selection_score(rows: list[dict], probs: np.ndarray, theme_ids: list[str], m
         gold, pred = [gold[i] for i in keep], [top[i] for i in keep]
         classes = sorted(set(gold))
     return float(f1_score(gold, pred, labels=classes, average="macro", zero_division=0))
+
+
+# ---- Uncertainty, calibration and breakdowns for the evaluation report -------------------------
+
+LENGTH_EDGES = (0, 80, 120, 160, 240)  # characters; roughly the test split's quartiles, fixed so runs compare
+
+
+def confusion_scores(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, macro-F1 and micro-F1 from confusion counts (..., k, k), rows gold, columns predicted.
+
+    Same definitions as classification_metrics: macro and micro over the classes that occur in the
+    gold labels of that sample, F1 = 2tp / (gold count + predicted count), 0 where undefined."""
+    counts = np.asarray(counts, dtype=float)
+    tp = np.diagonal(counts, axis1=-2, axis2=-1)
+    gold, predicted = counts.sum(axis=-1), counts.sum(axis=-2)
+    n = gold.sum(axis=-1)
+    present = gold > 0
+    denom = gold + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    n_present = present.sum(axis=-1)
+    macro = np.divide((f1 * present).sum(axis=-1), n_present, out=np.zeros_like(n), where=n_present > 0)
+    micro_denom = (predicted * present).sum(axis=-1) + n
+    micro = np.divide(2 * (tp * present).sum(axis=-1), micro_denom, out=np.zeros_like(n), where=micro_denom > 0)
+    accuracy = np.divide(tp.sum(axis=-1), n, out=np.zeros_like(n), where=n > 0)
+    return {"accuracy": accuracy, "macro_f1": macro, "micro_f1": micro}
+
+
+def bootstrap_ci(gold: list[str], pred: list[str], classes: list[str], against: dict[str, list[str]] | None = None,
+                 resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap 95% intervals of accuracy, macro-F1 and micro-F1, paragraphs resampled with replacement.
+
+    `against` maps a baseline name to its predictions for the same paragraphs; each gets the paired
+    interval of (model - baseline), drawn from the same resamples, so a shared hard paragraph does
+    not widen the difference. Returns {"primary": {metric: [low, high]},
+    "vs_baselines": {name: {metric: {"delta": d, "ci": [low, high]}}}}."""
+    index = {c: i for i, c in enumerate(classes)}
+    k, n = len(classes), len(gold)
+    g = np.array([index[x] for x in gold], dtype=int)
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((resamples, 0), dtype=int)
+    offsets = np.arange(resamples)[:, None] * k * k
+
+    def scores(p_labels: list[str]) -> tuple[dict, dict]:
+        p = np.array([index[x] for x in p_labels], dtype=int)
+        full = np.bincount(g * k + p, minlength=k * k).reshape(k, k)
+        # One bincount for all resamples: each resample's cells are shifted into its own block.
+        stacked = np.bincount((offsets + g[samples] * k + p[samples]).ravel(), minlength=resamples * k * k)
+        return confusion_scores(full), confusion_scores(stacked.reshape(resamples, k, k))
+
+    tail = (1 - level) / 2 * 100
+    interval = lambda values: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+    point, boot = scores(pred)
+    out = {"primary": {m: interval(v) for m, v in boot.items()}, "vs_baselines": {}}
+    for name, base_pred in (against or {}).items():
+        base_point, base_boot = scores(base_pred)
+        out["vs_baselines"][name] = {
+            m: {"delta": float(point[m] - base_point[m]), "ci": interval(boot[m] - base_boot[m])} for m in boot
+        }
+    return out
+
+
+def calibration(confidence, correct, n_bins: int = 10) -> dict:
+    """Reliability bins and expected calibration error (ECE) of a confidence against being right.
+
+    Equal-width bins [low, high), the last one closed at 1. ECE = sum over bins of
+    (bin size / n) * |accuracy in bin - mean confidence in bin|. Empty bins have n 0 and no means."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    # floor(c * n_bins), not searchsorted on linspace edges: those can be an ulp off, putting 0.6 below 0.6.
+    which = np.minimum(np.floor(confidence * n_bins).astype(int), n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        members = which == b
+        size = int(members.sum())
+        entry = {"low": round(b / n_bins, 6), "high": round((b + 1) / n_bins, 6), "n": size,
+                 "confidence": None, "accuracy": None}
+        if size:
+            entry["confidence"] = float(confidence[members].mean())
+            entry["accuracy"] = float(correct[members].mean())
+            ece += size / len(confidence) * abs(entry["accuracy"] - entry["confidence"])
+        bins.append(entry)
+    return {"ece": float(ece), "n": int(len(confidence)), "bins": bins}
+
+
+def threshold_curves(probs: np.ndarray, gold_sets: np.ndarray, theme_ids: list[str], grid=THRESHOLD_GRID) -> dict:
+    """Per theme, precision and recall of membership at each grid threshold (precision None when nothing is predicted)."""
+    out = {"thresholds": [float(t) for t in grid], "per_theme": {}}
+    for j, theme in enumerate(theme_ids):
+        precision, recall = [], []
+        positives = int(gold_sets[:, j].sum())
+        for t in grid:
+            said = probs[:, j] >= t
+            hits = int((said & (gold_sets[:, j] == 1)).sum())
+            precision.append(hits / int(said.sum()) if said.any() else None)
+            recall.append(hits / positives if positives else None)
+        out["per_theme"][theme] = {"precision": precision, "recall": recall, "positives": positives}
+    return out
+
+
+def length_buckets(lengths: list[int], gold: list[str], preds: dict[str, list[str]], classes: list[str],
+                   edges=LENGTH_EDGES) -> dict:
+    """Accuracy and macro-F1 of each system's primary per paragraph-length bucket (characters).
+
+    `preds` maps a system name (model, baselines) to its predictions for the same paragraphs."""
+    lengths = np.asarray(lengths)
+    bounds = list(edges) + [None]
+    buckets = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        label = f"{low}–{high - 1}" if high is not None else f"≥{low}"
+        members = np.flatnonzero((lengths >= low) & ((lengths < high) if high is not None else True))
+        bucket = {"range": label, "low": low, "high": high, "n": int(len(members)), "scores": {}}
+        if len(members):
+            for name, pred in preds.items():
+                m = classification_metrics([gold[i] for i in members], [pred[i] for i in members], classes)
+                bucket["scores"][name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+        buckets.append(bucket)
+    return {"edges": list(edges), "buckets": buckets}

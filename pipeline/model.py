@@ -3,6 +3,10 @@
 The small BERT uses a character vocabulary, as bert-base-chinese does: every CJK character is
 its own token; digits and Latin letters get WordPiece pieces (`x` and `##x`) so numbers and
 words are spelled out instead of becoming [UNK].
+
+Inference (score_texts, load_scorer) reads a run directory, or an export folder written by
+`pipeline export` (model.onnx or int8 torch weights, beside export.json), and scores text over
+overlapping windows, sorted by length and padded per batch.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
@@ -81,6 +85,7 @@ def load_tokenizer(name_or_path: str, max_length: int):
 
 def build_classifier(cfg: ModelConfig, theme_ids: list[str], multi_label: bool, train_texts: list[str]):
     """(tokenizer, model) for fine-tuning; label maps travel inside the model's config.json."""
+    import torch
     from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
     id2label = dict(enumerate(theme_ids))
@@ -96,6 +101,7 @@ def build_classifier(cfg: ModelConfig, theme_ids: list[str], multi_label: bool, 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             cfg.name_or_path,
+            dtype=torch.float32,  # a base may be stored in float16; fine-tuning needs float32 master weights
             num_labels=len(theme_ids),
             id2label=id2label,
             label2id=label2id,
@@ -123,17 +129,9 @@ def load_run(run_dir: Path):
     return tokenizer, model
 
 
-def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64, stride: int = 32):
-    """(probs (n, n_labels), windows per text). Text longer than the window is scored over
-    overlapping windows whose probabilities are averaged: nothing is cut off.
-
-    Windows are sorted by length and padded per batch, so short paragraphs do not pay for long ones.
-    """
-    import numpy as np
-    import torch
-
-    if not texts:
-        return np.zeros((0, model.config.num_labels), dtype=np.float32), []
+def encode_windows(tokenizer, texts: list[str], stride: int = 32):
+    """(token ids per window, owning text index per window). Text longer than the model's window
+    becomes several windows overlapping by `stride` tokens: nothing is cut off."""
     max_length = tokenizer.model_max_length
     enc = tokenizer(
         texts,
@@ -142,20 +140,146 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64, stride
         stride=min(stride, max_length // 4),
         return_overflowing_tokens=True,
         padding=False,
+        return_attention_mask=False,  # built per batch from the padded lengths instead
+        return_token_type_ids=False,  # one segment: the model's default zeros
     )
-    owners = enc["overflow_to_sample_mapping"]
-    ids = enc["input_ids"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    multi = model.config.problem_type == "multi_label_classification"
-    window_probs = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
-            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-            probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
-            window_probs[batch] = probs.float().numpy()
-    sums = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    counts = np.bincount(owners, minlength=len(texts))
+    return enc["input_ids"], enc["overflow_to_sample_mapping"]
+
+
+def score_windows(forward, ids: list[list[int]], owners: list[int], n_texts: int, n_labels: int,
+                  multi_label: bool, pad_id: int, batch_size: int = 64):
+    """(probs (n_texts, n_labels), windows per text): the mean of each text's window probabilities.
+
+    `forward(input_ids, attention_mask)` takes int64 arrays (batch, length) and returns logits.
+    Windows are sorted by length and padded per batch, so short paragraphs do not pay for long ones.
+    """
+    import numpy as np
+    from scipy.special import expit, softmax
+
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(lengths, kind="stable")
+    window_probs = np.empty((len(ids), n_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = int(lengths[batch[-1]])  # sorted: the last window is the longest
+        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        for row, i in enumerate(batch):
+            input_ids[row, : lengths[i]] = ids[i]
+        attention_mask = (np.arange(width) < lengths[batch][:, None]).astype(np.int64)
+        logits = np.asarray(forward(input_ids, attention_mask), dtype=np.float32)
+        window_probs[batch] = expit(logits) if multi_label else softmax(logits, axis=1)
+    counts = np.bincount(owners, minlength=n_texts)
+    sums = np.zeros((n_texts, n_labels), dtype=np.float32)
     np.add.at(sums, owners, window_probs)
-    return sums / counts[:, None], counts.tolist()
+    return sums / np.maximum(counts, 1)[:, None], counts.tolist()
+
+
+def torch_forward(model):
+    """forward(input_ids, attention_mask) -> logits (numpy) for a transformers model, on its device."""
+    import torch
+
+    def forward(input_ids, attention_mask):
+        with torch.inference_mode():
+            logits = model(input_ids=torch.from_numpy(input_ids).to(model.device),
+                           attention_mask=torch.from_numpy(attention_mask).to(model.device)).logits
+        return logits.float().cpu().numpy()
+
+    return forward
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised on the fly).
+
+    Only CPU kernels exist for it; embeddings and LayerNorm stay float.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns it will move to torchao; quantize_dynamic is still the built-in way.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model.to("cpu"), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def onnx_forward(path: Path, threads: int | None = None):
+    """forward(input_ids, attention_mask) -> logits from an ONNX file, run by onnxruntime on the CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PipelineError("running an ONNX model needs onnxruntime; install it with pip install -e '.[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_count()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+        raise PipelineError(f"cannot load {path} ({type(e).__name__}); export it again with `pipeline export RUN_DIR --format onnx`") from None
+
+    def forward(input_ids, attention_mask):
+        return session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+    return forward
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, which containers and taskset narrow)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64, stride: int = 32):
+    """(probs (n, n_labels), windows per text) for a transformers model. Text longer than the window
+    is scored over overlapping windows whose probabilities are averaged: nothing is cut off."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, model.config.num_labels), dtype=np.float32), []
+    ids, owners = encode_windows(tokenizer, texts, stride)
+    multi = model.config.problem_type == "multi_label_classification"
+    return score_windows(torch_forward(model), ids, owners, len(texts), model.config.num_labels, multi,
+                         tokenizer.pad_token_id, batch_size)
+
+
+ONNX_FILE = "model.onnx"
+EXPORT_INFO = "export.json"  # in an export folder: {"format": "onnx"|"torch", "quantize": null|"int8", "source": run dir}
+
+
+class Scorer(NamedTuple):
+    """What inference needs: the tokenizer, the model's config (labels, thresholds) and its forward pass."""
+
+    tokenizer: object
+    config: object
+    forward: Callable  # (input_ids, attention_mask) int64 arrays -> logits array
+    engine: str  # "torch" or "onnx", with "-int8" when quantised
+
+
+def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | None = None) -> Scorer:
+    """A Scorer from a run directory (float weights, int8-quantised on request) or from an export folder
+    written by `pipeline export` (ONNX, or torch weights quantised as its export.json says)."""
+    import json
+
+    import torch
+
+    info = {"format": "torch", "quantize": quantize}
+    if (model_dir / EXPORT_INFO).is_file():
+        info = json.loads((model_dir / EXPORT_INFO).read_text(encoding="utf-8"))
+    engine = info["format"] + ("-int8" if info["quantize"] else "")
+    if info["format"] == "onnx":
+        from transformers import AutoConfig, AutoTokenizer
+
+        return Scorer(AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir),
+                      onnx_forward(model_dir / ONNX_FILE, threads), engine)
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer, model = load_run(model_dir)
+    if info["quantize"]:
+        model = quantize_int8(model)
+    elif torch.cuda.is_available():
+        import os
+
+        # One process per GPU under torchrun/accelerate: each takes the GPU of its local rank.
+        model = model.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    return Scorer(tokenizer, model.config, torch_forward(model), engine + ("-cuda" if model.device.type == "cuda" else ""))

@@ -3,8 +3,14 @@
 Reads inputs incrementally and writes one record per paragraph (articles) or per JSONL record,
 in input order: id, source, paragraph_index, text, label (top theme), labels (themes above
 threshold, may be empty), scores (theme → probability) and windows (how many model windows the
-text took; long text is scored over overlapping windows, never cut). Output goes to a temporary
-file renamed on success, or to stdout.
+text took; long text is scored over overlapping windows, never cut). With --summary, also one
+line per article (per source): how many of its paragraphs carry each theme, and its main themes.
+Outputs go to temporary files renamed on success, or to stdout.
+
+The model is a run directory (float torch, or int8 dynamic quantisation with quantize="int8") or
+an export folder from `pipeline export` (ONNX). Reading and tokenising the next chunk runs in a
+worker thread while the model scores the current one; at most two chunks are in memory, so
+memory stays flat however large the input.
 """
 
 from __future__ import annotations
@@ -12,19 +18,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
-from contextlib import nullcontext
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from pipeline import runs
-from pipeline.data import Dropped, Paragraph, clean_article, decode, read_jsonl_records, read_paragraphs
+from pipeline.data import ARTICLE_SUFFIXES, Dropped, Paragraph, clean_article, decode, read_jsonl_records, read_paragraphs
 from pipeline.errors import InputError, PipelineError
 from pipeline.metrics import decide
-from pipeline.model import load_run, score_texts
+from pipeline.model import EXPORT_INFO, cpu_count, encode_windows, load_scorer, score_windows
 
-CHUNK = 512  # records scored together: big enough to sort by length, small enough to stream
+CHUNK = 512  # records read and tokenised together: big enough to sort by length, small enough to stream
+MAIN_SHARE = 0.25  # a theme carried by at least this share of an article's paragraphs is one of its main themes
+ENGINES = ("auto", "torch", "onnx")
+QUANTIZE = (None, "int8")
 
 
 def _stdin_paragraphs(min_chars: int, dropped: Dropped) -> Iterator[Paragraph]:
@@ -61,9 +75,81 @@ def iter_inputs(inputs: list[str], min_chars: int, dropped: Dropped) -> Iterator
             yield from read_paragraphs([spec], min_chars, dropped)
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    while chunk := list(islice(items, size)):
-        yield chunk
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'i/n' → (i, n); 'auto' → (RANK or LOCAL_RANK, WORLD_SIZE) as torchrun and accelerate set them."""
+    if spec is None:
+        return 0, 1
+    if spec == "auto":
+        rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+        spec = f"{rank}/{os.environ.get('WORLD_SIZE', '1')}"
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise PipelineError(f"--shard expects i/n (e.g. 0/4) or auto, found {spec!r}") from None
+    if not 0 <= index < count:
+        raise PipelineError(f"--shard {spec}: expected 0 <= i < n, e.g. 0/{max(count, 1)} to {max(count, 1) - 1}/{max(count, 1)}")
+    return index, count
+
+
+def shard_records(records: Iterator[Paragraph], index: int, count: int) -> Iterator[Paragraph]:
+    """Record k of the input (0-based, in input order) belongs to shard k mod count."""
+    return islice(records, index, None, count) if count > 1 else records
+
+
+def resolve_model(model_dir: str | Path, engine: str, quantize: str | None) -> Path:
+    """The folder to load: the given one, or for engine=onnx on a run directory its ONNX export."""
+    if engine not in ENGINES:
+        raise PipelineError(f"--engine expects one of {', '.join(ENGINES)}, found {engine!r}")
+    if quantize not in QUANTIZE:
+        raise PipelineError(f"--quantize expects int8, found {quantize!r}")
+    model_dir = Path(model_dir)
+    if (model_dir / EXPORT_INFO).is_file():
+        info = runs.read_json(model_dir / EXPORT_INFO)
+        if engine not in ("auto", info["format"]) or (quantize and quantize != info["quantize"]):
+            raise PipelineError(
+                f"{model_dir} is a {info['format']} export (quantize: {info['quantize']}), which does not match "
+                f"--engine {engine} --quantize {quantize}; drop those options or pass the run directory"
+            )
+        for name in (runs.MODEL_CONFIG, runs.RESOLVED_CONFIG):
+            if not (model_dir / name).is_file():
+                raise PipelineError(f"export folder {model_dir} is incomplete: {name} is missing; export it again")
+        return model_dir
+    runs.check_run_dir(model_dir)
+    if engine != "onnx":
+        return model_dir
+    from pipeline.export import default_dir
+
+    exported = default_dir(model_dir, "onnx", quantize)
+    if not (exported / EXPORT_INFO).is_file():
+        flag = f" --quantize {quantize}" if quantize else ""
+        raise PipelineError(
+            f"--engine onnx: {model_dir} has no ONNX export at {exported}; "
+            f"create it with `pipeline export {model_dir} --format onnx{flag}`"
+        )
+    return exported
+
+
+def _threads(shard_count: int) -> int:
+    """Every CPU this process may use, split between the processes torchrun/accelerate start on this machine."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if shard_count > 1 else 1
+    return max(1, cpu_count() // max(local_processes, 1))
+
+
+def _estimate_total(inputs: list[str]) -> int | None:
+    """Non-blank lines in the input files: an upper bound on the paragraphs (titles and short lines are
+    dropped), cheap next to inference. None for stdin and named corpora, which cannot be read twice."""
+    files = []
+    for spec in inputs:
+        path = Path(spec)
+        if spec == "-" or spec.startswith("corpus:") or not path.exists():
+            return None
+        suffixes = ARTICLE_SUFFIXES | {".jsonl"}
+        files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes) if path.is_dir() else [path]
+    total = 0
+    for path in files:
+        with path.open("rb") as handle:
+            total += sum(1 for line in handle if line.strip())
+    return total
 
 
 class _Writer:
@@ -85,6 +171,65 @@ class _Writer:
                                *[record["scores"][t] for t in self.theme_ids], record["text"]])
 
 
+class _Summary:
+    """One JSON line per source (article file, JSONL file, stdin), written when the next source starts.
+
+    Paragraphs of a source arrive together, so only the current source is held in memory. Counts
+    (not only shares) are written so that the summaries of several shards can be added up.
+    """
+
+    def __init__(self, handle, theme_ids: list[str]):
+        self.handle, self.theme_ids = handle, theme_ids
+        self.source, self.n, self.carry, self.score_sum = None, 0, None, None
+
+    def add(self, source: str, labels: list[list[str]], probs: np.ndarray, rows: slice) -> None:
+        if source != self.source:
+            self.flush()
+            self.source, self.n = source, 0
+            self.carry = dict.fromkeys(self.theme_ids, 0)
+            self.score_sum = np.zeros(len(self.theme_ids))
+        for ls in labels[rows]:
+            for theme in ls:
+                self.carry[theme] += 1
+        self.score_sum += probs[rows].sum(axis=0)
+        self.n += rows.stop - rows.start
+
+    def flush(self) -> None:
+        if self.source is None:
+            return
+        shares = {t: round(k / self.n, 4) for t, k in self.carry.items()}
+        main = sorted((t for t in self.theme_ids if shares[t] >= MAIN_SHARE), key=lambda t: -shares[t])
+        self.handle.write(json.dumps({
+            "source": self.source,
+            "paragraphs": self.n,
+            "main_themes": main,
+            "theme_shares": shares,
+            "theme_paragraphs": self.carry,
+            "mean_scores": {t: round(float(s / self.n), 4) for t, s in zip(self.theme_ids, self.score_sum)},
+        }, ensure_ascii=False) + "\n")
+        self.source = None
+
+
+def _runs_by_source(chunk: list[Paragraph]) -> Iterator[tuple[str, slice]]:
+    """(source, rows) for each run of consecutive records from the same source."""
+    start = 0
+    for i in range(1, len(chunk) + 1):
+        if i == len(chunk) or chunk[i].source != chunk[start].source:
+            yield chunk[start].source, slice(start, i)
+            start = i
+
+
+def _output_path(path: str | None, shard: tuple[int, int], option: str) -> Path | None:
+    """`{shard}` in a path becomes the shard index, so one command line serves every torchrun process."""
+    if path is None:
+        return None
+    if "{shard}" in path:
+        return Path(path.replace("{shard}", str(shard[0])))
+    if shard[1] > 1 and os.environ.get("WORLD_SIZE"):
+        raise PipelineError(f"{option} {path}: every process would write the same file; put {{shard}} in the name, e.g. preds-{{shard}}.jsonl")
+    return Path(path)
+
+
 def predict(
     run_dir: str | Path,
     inputs: list[str],
@@ -92,41 +237,82 @@ def predict(
     fmt: str = "jsonl",
     batch_size: int = 64,
     progress: bool | None = None,
+    summary: str | None = None,
+    shard: str | None = None,
+    engine: str = "auto",
+    quantize: str | None = None,
 ) -> dict:
-    """Classify every paragraph of `inputs`; returns counts (records, windows, dropped lines)."""
+    """Classify every paragraph of `inputs` (this shard's share of them); returns counts and speed."""
     from tqdm.auto import tqdm
 
     if fmt not in ("jsonl", "csv"):
         raise PipelineError(f"--format expects jsonl or csv, found {fmt!r}")
     if not inputs:
         raise InputError("no input given; pass article files, folders, .jsonl files or - for stdin")
-    run_dir = runs.check_run_dir(run_dir)
+    shard_at = parse_shard(shard)
+    model_dir = resolve_model(run_dir, engine, quantize)
+    output_path, summary_path = _output_path(output, shard_at, "--output"), _output_path(summary, shard_at, "--summary")
+    if output_path is None and summary_path is not None and summary_path == Path("-"):
+        raise PipelineError("--summary needs a file name; records already go to stdout")
     from pipeline.config import load_config
 
-    min_chars = load_config(run_dir / runs.RESOLVED_CONFIG).data.min_chars
-    tokenizer, model = load_run(run_dir)
-    theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    thresholds = getattr(model.config, "theme_thresholds", None)
+    min_chars = load_config(model_dir / runs.RESOLVED_CONFIG).data.min_chars
+    scorer = load_scorer(model_dir, quantize, threads=_threads(shard_at[1]))
+    config = scorer.config
+    theme_ids = [config.id2label[i] for i in range(config.num_labels)]
+    thresholds = getattr(config, "theme_thresholds", None)
+    multi = config.problem_type == "multi_label_classification"
+    pad_id = scorer.tokenizer.pad_token_id
+
     dropped = Dropped()
-    counts = {"records": 0, "windows": 0, "multi_window_records": 0}
+    records = shard_records(iter_inputs(inputs, min_chars, dropped), *shard_at)
+    chunks = iter(lambda: list(islice(records, CHUNK)), [])
+
+    def next_encoded():
+        # Runs in the worker thread: reading and tokenising overlap the model's work on the previous chunk.
+        chunk = next(chunks, None)
+        return None if chunk is None else (chunk, *encode_windows(scorer.tokenizer, [p.text for p in chunk]))
+
+    counts = {"records": 0, "windows": 0, "multi_window_records": 0, "shard": f"{shard_at[0]}/{shard_at[1]}",
+              "engine": scorer.engine}
     show = sys.stderr.isatty() if progress is None else progress
-    target = runs.atomic_file(Path(output)) if output else nullcontext(sys.stdout)
-    with target as handle, tqdm(desc="predict", unit=" para", disable=not show, file=sys.stderr) as bar:
+    total = _estimate_total(inputs) if show else None
+    if total is not None:
+        total = len(range(shard_at[0], total, shard_at[1]))
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        handle = stack.enter_context(runs.atomic_file(output_path)) if output_path else sys.stdout
+        summary_out = _Summary(stack.enter_context(runs.atomic_file(summary_path)), theme_ids) if summary_path else None
+        bar = stack.enter_context(tqdm(desc="predict", unit=" para", total=total, disable=not show, file=sys.stderr))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise"))
         writer = _Writer(handle, fmt, theme_ids)
-        for chunk in _chunks(iter_inputs(inputs, min_chars, dropped), CHUNK):
-            probs, windows = score_texts(model, tokenizer, [p.text for p in chunk], batch_size=batch_size)
+        pending = pool.submit(next_encoded)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next_encoded)
+            chunk, ids, owners = item
+            probs, windows = score_windows(scorer.forward, ids, owners, len(chunk), len(theme_ids), multi, pad_id, batch_size)
             top, labels = decide(probs, theme_ids, thresholds)
-            for para, t, ls, p, w in zip(chunk, top, labels, probs, windows):
+            for para, t, ls, p, w in zip(chunk, top, labels, probs.tolist(), windows):
                 writer.write({
                     **para.as_dict(), "label": t, "labels": ls,
-                    "scores": {th: round(float(x), 4) for th, x in zip(theme_ids, p)}, "windows": w,
+                    "scores": {th: round(x, 4) for th, x in zip(theme_ids, p)}, "windows": w,
                 })
+            if summary_out:
+                for source, rows in _runs_by_source(chunk):
+                    summary_out.add(source, labels, probs, rows)
             counts["records"] += len(chunk)
             counts["windows"] += sum(windows)
             counts["multi_window_records"] += sum(w > 1 for w in windows)
+            handle.flush()  # a reader downstream of a pipe sees each chunk as soon as it is scored
             bar.update(len(chunk))
-        if counts["records"] == 0:
+        if counts["records"] == 0 and shard_at[1] == 1:
             raise InputError("the inputs hold no paragraphs to classify")
+        if summary_out:
+            summary_out.flush()
+        if bar.total is not None and bar.n != bar.total:
+            bar.total = bar.n  # the estimate counted lines that cleaning dropped
+            bar.refresh()
+    counts["seconds"] = round(time.perf_counter() - started, 3)
+    counts["records_per_second"] = round(counts["records"] / max(counts["seconds"], 1e-9), 1)
     counts["dropped"] = dict(dropped.counts)
     return counts
-

@@ -34,7 +34,7 @@ REPORT_JSON = "pretrain_report.json"
 
 
 def base_dir(cfg: PretrainConfig, seed: int) -> Path:
-    return Path(cfg.output_dir) / f"base-{config_hash(cfg)}-s{seed}"
+    return Path(cfg.output_dir) / f"base-{config_hash(cfg, ignore=('output_dir', 'save_steps'))}-s{seed}"
 
 
 def read_corpus(specs: list[str]) -> list[str]:
@@ -53,6 +53,18 @@ def read_corpus(specs: list[str]) -> list[str]:
         for file in files:
             paragraphs += [" ".join(line) for line in (normalize(x) for x in read_text(file).splitlines()) if line]
     return paragraphs
+
+
+def _labelled_texts(paths: list[str]) -> set[str]:
+    """Texts of labelled paragraphs, without spaces: kept out of pretraining so test text stays unseen."""
+    texts = set()
+    for path in paths:
+        for line in read_text(Path(path)).splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("text"):
+                    texts.add(normalize(row["text"]).replace(" ", ""))
+    return texts
 
 
 def dedupe_and_split(paragraphs: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str], int]:
@@ -106,12 +118,14 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
     set_seed(seed)
     started = time.time()
     paragraphs = read_corpus(cfg.corpus)
-    train_paras, heldout_paras, duplicates = dedupe_and_split(paragraphs, cfg.heldout_fraction, seed)
+    excluded = _labelled_texts(cfg.exclude)
+    kept = [p for p in paragraphs if p.replace(" ", "") not in excluded]
+    train_paras, heldout_paras, duplicates = dedupe_and_split(kept, cfg.heldout_fraction, seed)
     if not train_paras:
         raise InputError(f"pretrain corpus {cfg.corpus} is empty after deduplication; add text")
     if cfg.init_from:
         tokenizer = load_tokenizer(cfg.init_from, cfg.max_length)
-        model = AutoModelForMaskedLM.from_pretrained(cfg.init_from)
+        model = AutoModelForMaskedLM.from_pretrained(cfg.init_from, dtype=torch.float32)
     else:
         tokenizer = build_tokenizer(train_paras, cfg.max_length, cfg.vocab_min_count)
         model = BertForMaskedLM(small_bert_config(cfg, len(tokenizer)))
@@ -146,6 +160,7 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not os.isatty(2),
         dataloader_num_workers=0,
+        remove_unused_columns=False,  # the collator needs offset_mapping for whole-word masking
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer)
     checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -156,12 +171,15 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
     train_seconds = time.time() - train_start
     heldout_loss = trainer.evaluate(eval_dataset=heldout_ds)["eval_loss"]
     out = work / "base"
+    if cfg.save_half:
+        trainer.model.half()
     trainer.save_model(str(out))
     (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: bases hold safetensors only
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     report = {
         "corpus": cfg.corpus,
         "paragraphs": len(paragraphs),
+        "excluded_labelled": len(paragraphs) - len(kept),
         "duplicates_removed": duplicates,
         "train_paragraphs": len(train_paras),
         "heldout_paragraphs": len(heldout_paras),
@@ -194,7 +212,8 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
 def _render_report(r: dict, cfg: PretrainConfig) -> str:
     return "\n".join([
         "# Pretraining report", "",
-        f"- corpus: {', '.join(cfg.corpus)}: {r['paragraphs']} paragraphs, {r['duplicates_removed']} duplicates removed, "
+        f"- corpus: {', '.join(cfg.corpus)}: {r['paragraphs']} paragraphs, {r['excluded_labelled']} labelled ones excluded, "
+        f"{r['duplicates_removed']} duplicates removed, "
         f"{r['heldout_paragraphs']} held out",
         f"- model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
         f"vocabulary {r['vocab_size']}, {r['parameters'] / 1e6:.1f}M parameters" + (f", from {cfg.init_from}" if cfg.init_from else ""),

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline import runs
 from pipeline.config import Config, save_config
-from pipeline.data import NONE, file_sha256, load_split
+from pipeline.data import NONE, file_sha256, load_split, resolve_schema
 from pipeline.errors import InputError
 from pipeline.metrics import choose_thresholds, membership, selection_score
 from pipeline.model import build_classifier, score_texts
@@ -57,6 +57,7 @@ def _loss_with_class_weights(rows: list[dict], theme_ids: list[str], multi_label
 
     def compute_loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
+        loss_fn.to(logits.device)  # weights live where the model runs (CPU or GPU)
         return loss_fn(logits, labels.to(logits.dtype) if multi_label else labels)
 
     return compute_loss
@@ -81,6 +82,7 @@ def train(cfg: Config, data_dir: str | None = None) -> Path:
             f"{data_dir}: train has {len(train_rows)} and validation {len(val_rows)} usable paragraphs; "
             f"expected at least one each: label more paragraphs or raise data.validation_fraction"
         )
+    resolve_schema(cfg, data_dir)
     theme_ids = cfg.theme_ids
     set_seed(cfg.seed)
     tokenizer, model = build_classifier(cfg.model, theme_ids, multi, [r["text"] for r in train_rows])

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, invoke
 
-COMMANDS = ["prepare", "pretrain", "train", "evaluate", "predict", "run", "cv"]
+COMMANDS = ["prepare", "pretrain", "train", "evaluate", "predict", "run", "cv", "compare", "report-screenshot"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

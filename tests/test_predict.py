@@ -95,3 +95,116 @@ def test_corrupted_weights_are_one_line(tiny_run, tmp_path):
     result = invoke("predict", root / SEED, "--model", broken)
     assert result.exit_code == 2
     assert "the run directory is corrupted" in result.output and "Traceback" not in result.output
+
+
+def _jsonl(path, texts):
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+                    encoding="utf-8")
+    return path
+
+
+# Lengths from a few characters to several windows, in no particular order, so that sorting by length
+# inside a chunk and splitting across chunks are both exercised.
+MIXED = [("和平区推进城市更新。" * (i * 7 % 23 + 1))[: 5 + (i * 37) % 400] for i in range(40)]
+
+
+def test_long_paragraph_window_count_is_exact(tiny_run, tmp_path):
+    # max_length 64: 62 text tokens a window, windows overlap by 16 tokens: 600 characters take 13 windows.
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", ["和平区推进城市更新。" * 60, "短句也要打分。"])
+    out = tmp_path / "out.jsonl"
+    result = invoke("predict", src, "--model", root / "models/tiny", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert [r["windows"] for r in _records(out)] == [13, 1]
+    assert "(1 needed several windows)" in result.output
+
+
+def test_output_order_and_scores_survive_chunking_and_length_sorting(tiny_run, tmp_path, monkeypatch):
+    import numpy as np
+
+    from pipeline import predict as predict_module
+    from pipeline.model import load_run, score_texts
+
+    root, _ = tiny_run
+    monkeypatch.setattr(predict_module, "CHUNK", 7)  # 40 records: six chunks, the last one short
+    src = _jsonl(tmp_path / "in.jsonl", MIXED)
+    out = tmp_path / "out.jsonl"
+    counts = predict_module.predict(root / "models/tiny", [str(src)], str(out), batch_size=4, progress=False)
+    records = _records(out)
+    assert [r["id"] for r in records] == [f"r{i}" for i in range(40)] and counts["records"] == 40
+    assert [r["text"] for r in records] == MIXED
+    # Each record alone gives the same scores as in its sorted, padded batch.
+    tokenizer, model = load_run(root / "models/tiny")
+    for i in (0, 13, 39):
+        alone, windows = score_texts(model, tokenizer, [MIXED[i]])
+        assert windows == [records[i]["windows"]]
+        assert np.allclose(alone[0], [records[i]["scores"][model.config.id2label[j]] for j in range(6)], atol=1e-3)
+
+
+def test_shards_cover_every_record_exactly_once(tiny_run, tmp_path):
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", MIXED)
+    seen = []
+    for i in range(3):
+        out = tmp_path / f"shard-{i}.jsonl"
+        result = invoke("predict", src, "--model", root / "models/tiny", "-o", out, "--shard", f"{i}/3")
+        assert result.exit_code == 0, result.output
+        ids = [r["id"] for r in _records(out)]
+        assert ids == [f"r{k}" for k in range(i, 40, 3)]  # record k goes to shard k mod 3, in input order
+        seen += ids
+    assert sorted(seen) == sorted(f"r{k}" for k in range(40))
+
+
+def test_shard_auto_reads_torchrun_environment(tiny_run, tmp_path, monkeypatch):
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", MIXED[:10])
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke("predict", src, "--model", root / "models/tiny", "-o", tmp_path / "same.jsonl", "--shard", "auto")
+    assert result.exit_code == 2 and "put {shard} in the name" in result.output
+    result = invoke("predict", src, "--model", root / "models/tiny", "-o", tmp_path / "p-{shard}.jsonl", "--shard", "auto")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in _records(tmp_path / "p-1.jsonl")] == ["r1", "r3", "r5", "r7", "r9"]
+    result = invoke("predict", src, "--model", root / "models/tiny", "--shard", "3/3")
+    assert result.exit_code == 2 and "--shard 3/3: expected 0 <= i < n" in result.output
+
+
+def test_summary_has_one_line_per_article_with_theme_shares(tiny_run, tmp_path):
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", MIXED[:5])
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.jsonl"
+    result = invoke("predict", root / SEED, src, "--model", root / "models/tiny", "-o", out, "--summary", summary)
+    assert result.exit_code == 0, result.output
+    records, articles = _records(out), _records(summary)
+    assert [a["source"] for a in articles] == [str(root / SEED), str(src)]
+    assert [a["paragraphs"] for a in articles] == [18, 5]
+    first = articles[0]
+    assert set(first) == {"source", "paragraphs", "main_themes", "theme_shares", "theme_paragraphs", "mean_scores"}
+    for theme in THEMES:
+        carried = sum(theme in r["labels"] for r in records[:18])
+        assert first["theme_paragraphs"][theme] == carried
+        assert first["theme_shares"][theme] == round(carried / 18, 4)
+        assert abs(first["mean_scores"][theme] - sum(r["scores"][theme] for r in records[:18]) / 18) < 1e-3
+    assert first["main_themes"] == sorted((t for t, s in first["theme_shares"].items() if s >= 0.25),
+                                          key=lambda t: -first["theme_shares"][t])
+
+
+def test_progress_bar_shows_rate_and_eta(tiny_run, tmp_path, capsys):
+    from pipeline.predict import predict
+
+    root, _ = tiny_run
+    predict(root / "models/tiny", [str(root / SEED)], str(tmp_path / "out.jsonl"), progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "18/18" in bar and "para/s" in bar and "<00:00" in bar  # count/total, elapsed<remaining, rate
+
+
+def test_int8_quantisation_matches_the_float_model(tiny_run, tmp_path):
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", MIXED)
+    float_out, int8_out = tmp_path / "float.jsonl", tmp_path / "int8.jsonl"
+    assert invoke("predict", src, "--model", root / "models/tiny", "-o", float_out).exit_code == 0
+    result = invoke("predict", src, "--model", root / "models/tiny", "-o", int8_out, "--quantize", "int8")
+    assert result.exit_code == 0 and "torch-int8" in result.output
+    a, b = _records(float_out), _records(int8_out)
+    assert sum(x["label"] == y["label"] for x, y in zip(a, b)) / len(a) >= 0.95
+    assert max(abs(x["scores"][t] - y["scores"][t]) for x, y in zip(a, b) for t in THEMES) < 0.02

@@ -1,0 +1,115 @@
+"""Bring your own labelled data: tables in the usual formats, any label set."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import invoke
+
+ROWS = [("央行下调存款准备金率,释放长期资金。", "finance"), ("楼市成交量环比上涨三成。", "realty"),
+        ("国足主场两球取胜,晋级下一轮。", "sports"), ("股市早盘震荡,创业板指数收涨。", "finance"),
+        ("新盘开售当天去化八成。", "realty"), ("女排三比零横扫对手夺得冠军。", "sports")] * 4
+NAMES = ["finance", "realty", "sports"]
+
+
+def _config(tmp_path: Path, tables: list[dict], **train) -> Path:
+    cfg = {
+        "run_name": "own", "seed": 3, "themes": None,
+        "data": {"tables": tables, "output_dir": str(tmp_path / "prepared"), "validation_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_length": 32},
+        "train": {"mode": "single_label", "epochs": 1, "batch_size": 8, "output_dir": str(tmp_path / "models"), **train},
+    }
+    path = tmp_path / "own.yaml"
+    path.write_text("# test config\n" + yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _splits(tmp_path):
+    return {s: [json.loads(l) for l in (tmp_path / "prepared" / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for s in ("train", "validation", "test")}
+
+
+def test_csv_with_header_end_to_end_derives_the_schema(tmp_path):
+    import csv
+
+    src = tmp_path / "news.csv"
+    with src.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["title", "body", "category"])
+        writer.writerows([f"标题{i % 24}", t, c] for i, (t, c) in enumerate(ROWS + ROWS[:2]))
+    cfg = _config(tmp_path, [{"path": str(src), "text_columns": ["title", "body"], "label_column": "category"}])
+    result = invoke("run", cfg)
+    assert result.exit_code == 0, result.output
+    splits = _splits(tmp_path)
+    assert sum(map(len, splits.values())) == 26 - 2  # the last two rows repeat rows 1-2: dropped and counted
+    assert "'duplicate': 2" in result.output
+    run = tmp_path / "models" / "own"
+    config = json.loads((run / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == NAMES
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert sorted(t["id"] for t in saved["themes"]) == NAMES, "the derived schema is saved with the run"
+    row = next(r for s in splits.values() for r in s if r["id"] == "news:2")
+    assert row["text"] == "标题0 央行下调存款准备金率,释放长期资金。" and row["primary"] == "finance"
+
+
+def test_tsv_without_header_maps_integer_ids_through_names_file(tmp_path):
+    rows = [(f"{t}{i}", NAMES.index(c)) for i, (t, c) in enumerate(ROWS)]
+    (tmp_path / "train.txt").write_text("".join(f"{t}\t{c}\n" for t, c in rows[:18]), encoding="utf-8")
+    (tmp_path / "test.txt").write_text("".join(f"{t}\t{c}\n" for t, c in rows[18:]), encoding="utf-8")
+    (tmp_path / "class.txt").write_text("\n".join(NAMES) + "\n", encoding="utf-8")
+    common = {"format": "tsv", "header": False, "columns": ["text", "label"], "label_names": str(tmp_path / "class.txt")}
+    cfg = _config(tmp_path, [{"path": str(tmp_path / "train.txt"), **common},
+                             {"path": str(tmp_path / "test.txt"), "split": "test", **common}])
+    result = invoke("prepare", cfg, "--set", "data.test_fraction=0")
+    assert result.exit_code == 0, result.output
+    splits = _splits(tmp_path)
+    assert len(splits["test"]) == 6 and {r["id"] for r in splits["test"]} == {f"test:{i}" for i in range(1, 7)}
+    assert json.loads((tmp_path / "prepared" / "schema.json").read_text()) == NAMES, "names-file order is kept"
+    assert splits["test"][0]["primary"] in NAMES
+
+
+def test_jsonl_multi_label_parquet_and_saved_dataset(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("".join(json.dumps({"content": f"{t}{i}", "tags": f"{c};sports" if c != "sports" else ""},
+                                        ensure_ascii=False) + "\n" for i, (t, c) in enumerate(ROWS)), encoding="utf-8")
+    pq.write_table(pa.table({"text": [f"{t}p{i}" for i, (t, _) in enumerate(ROWS)], "label": [c for _, c in ROWS]}),
+                   tmp_path / "b.parquet")
+    Dataset.from_dict({"text": [f"{t}h{i}" for i, (t, _) in enumerate(ROWS)], "label": [c for _, c in ROWS]}).save_to_disk(
+        str(tmp_path / "c"))
+    cfg = _config(tmp_path, [{"path": str(jsonl), "text_columns": ["content"], "label_column": "tags", "label_separator": ";"},
+                             {"path": str(tmp_path / "b.parquet")}, {"path": str(tmp_path / "c")}], mode="multi_label")
+    result = invoke("prepare", cfg)
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for s in _splits(tmp_path).values() for r in s}
+    assert len(rows) == 72
+    assert rows["a:1"]["primary"] == "finance" and rows["a:1"]["secondary"] == ["sports"]
+    assert rows["a:3"]["primary"] == "none", "an empty label cell means no label"
+    assert rows["b:2"]["primary"] == "realty" and rows["c:3"]["primary"] == "sports"
+
+
+def test_missing_column_unnamed_id_and_label_only_in_test(tmp_path):
+    src = tmp_path / "x.csv"
+    src.write_text("text,cat\n好文章一。,finance\n", encoding="utf-8")
+    result = invoke("prepare", _config(tmp_path, [{"path": str(src)}]))
+    assert result.exit_code == 2
+    assert f"{src}:2: column 'label' not found; columns are text, cat" in result.output
+
+    (tmp_path / "class.txt").write_text("finance\nrealty\n", encoding="utf-8")
+    src.write_text("text,label\n好文章一。,0\n好文章二。,7\n", encoding="utf-8")
+    result = invoke("prepare", _config(tmp_path, [{"path": str(src), "label_names": str(tmp_path / "class.txt")}]))
+    assert result.exit_code == 2
+    assert f"{src}:3: label id '7' has no name in {tmp_path / 'class.txt'} (2 names, ids 0-1)" in result.output
+
+    train, test = tmp_path / "tr.csv", tmp_path / "te.csv"
+    train.write_text("text,label\n" + "".join(f"甲{i}。,finance\n" for i in range(5)), encoding="utf-8")
+    test.write_text("text,label\n乙。,realty\n", encoding="utf-8")
+    result = invoke("prepare", _config(tmp_path, [{"path": str(train)}, {"path": str(test), "split": "test"}]))
+    assert result.exit_code == 2
+    assert f"{test}:2: label 'realty' appears in test but never in train" in result.output
+    assert "Traceback" not in result.output
