@@ -276,5 +276,32 @@ def label_agreement(first: Path = typer.Argument(..., help="Labels by annotator 
         typer.echo(f"  {theme:<11} kappa {s['kappa']:.3f}  agreement {s['agreement']:.3f}")
 
 
+@label_app.command("export")
+@handle_errors
+def label_export(source: Path = typer.Argument(..., help="JSONL with id and text, e.g. from `pipeline label suggest`."),
+                 fmt: str = typer.Option(..., "--format", help="labelstudio or doccano."),
+                 output: Path = typer.Option(..., "--output", "-o"),
+                 config: Path = typer.Option(Path("configs/default.yaml"), "--config", help="For the theme schema.")):
+    """Write paragraphs as Label Studio tasks (plus the interface config) or doccano JSONL."""
+    from pipeline.label import export_tasks
+
+    n = export_tasks(source, output, fmt, load_config(config).theme_ids)
+    extra = f" and the labelling interface {output.with_suffix('.xml')}" if fmt == "labelstudio" else ""
+    typer.echo(f"{n} tasks written to {output}{extra}")
+
+
+@label_app.command("import")
+@handle_errors
+def label_import(source: Path = typer.Argument(..., help="The annotation export from Label Studio (JSON) or doccano (JSONL)."),
+                 fmt: str = typer.Option(..., "--format", help="labelstudio or doccano."),
+                 output: Path = typer.Option(..., "--output", "-o", help="Label file to write (JSONL)."),
+                 config: Path = typer.Option(Path("configs/default.yaml"), "--config", help="For the theme schema.")):
+    """Turn finished annotations into a label file, checked against the theme schema."""
+    from pipeline.label import import_annotations
+
+    counts = import_annotations(source, output, fmt, load_config(config).theme_ids)
+    typer.echo(f"{counts['annotated']} labelled paragraphs written to {output} ({counts['not_annotated']} tasks not annotated yet)")
+
+
 def main() -> None:
     app()

@@ -30,7 +30,7 @@ def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6
     """Rows whose out-of-fold prediction (TF-IDF char n-gram LR, fast enough for every edit) disagrees
     with the gold primary at `min_confidence` or more, most confident first, written to `output`."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
 
     labels = read_labels(cfg.data.labels, cfg.theme_ids)
@@ -39,11 +39,11 @@ def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6
         raise InputError(f"label check needs at least {folds * 2} labelled rows with text, found {len(rows)}")
     y = [r["primary"] for r in rows]
     model = make_pipeline(_tfidf(), LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced"))
-    n_splits = min(folds, min(np.unique(y, return_counts=True)[1]))
-    if n_splits < 2:
-        raise InputError("label check needs at least 2 examples of every class; label more paragraphs")
-    proba = cross_val_predict(model, [r["text"] for r in rows], y, cv=StratifiedKFold(n_splits, shuffle=True, random_state=cfg.seed),
-                              method="predict_proba")
+    # Stratify when every class fills every fold; with rarer classes, plain shuffled folds still work
+    # (a class missing from a training fold just scores 0 there).
+    stratify = min(np.unique(y, return_counts=True)[1]) >= folds
+    splitter = (StratifiedKFold if stratify else KFold)(folds, shuffle=True, random_state=cfg.seed)
+    proba = cross_val_predict(model, [r["text"] for r in rows], y, cv=splitter, method="predict_proba")
     classes = sorted(set(y))
     suspects = []
     for row, p in zip(rows, proba):
@@ -124,3 +124,118 @@ def agreement(first: Path, second: Path, theme_ids: list[str]) -> dict:
     result["themes"][NONE] = {"kappa": float(cohen_kappa_score(none_a, none_b)),
                               "agreement": float(np.mean(np.array(none_a) == np.array(none_b)))}
     return result
+
+
+# Label Studio and doccano: the tools annotators already use. Export writes tasks (id + text) for
+# them; import turns their exports back into our label rows, checked against the schema.
+
+def _label_studio_config(theme_ids: list[str]) -> str:
+    """The labelling interface: one required primary choice (a theme or none), any secondary themes."""
+    primary = "".join(f'<Choice value="{t}"/>' for t in [*theme_ids, NONE])
+    secondary = "".join(f'<Choice value="{t}"/>' for t in theme_ids)
+    return (
+        '<View>\n  <Text name="text" value="$text"/>\n'
+        f'  <Choices name="primary" toName="text" choice="single" required="true">{primary}</Choices>\n'
+        f'  <Choices name="secondary" toName="text" choice="multiple">{secondary}</Choices>\n</View>\n'
+    )
+
+
+def _rows_to_label(path: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
+            raise InputError(f'{path}:{number}: expected an object with "id" and "text", found {line[:60]!r}')
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{path} has no rows to export; expected JSONL with id and text (e.g. from `pipeline label suggest`)")
+    return rows
+
+
+def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str]) -> int:
+    """Paragraphs of `source` (JSONL with id, text) as Label Studio tasks (JSON, plus the interface
+    config beside it as <output>.xml) or doccano text-classification JSONL. Returns the task count."""
+    rows = _rows_to_label(source)
+    if fmt == "labelstudio":
+        with runs.atomic_file(output) as f:
+            json.dump([{"data": {"text": r["text"], "pid": str(r["id"])}} for r in rows], f, ensure_ascii=False, indent=1)
+        with runs.atomic_file(output.with_suffix(".xml")) as f:
+            f.write(_label_studio_config(theme_ids))
+    elif fmt == "doccano":
+        with runs.atomic_file(output) as f:
+            f.writelines(json.dumps({"text": r["text"], "pid": str(r["id"])}, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        raise InputError(f"--format expects labelstudio or doccano, found {fmt!r}")
+    return len(rows)
+
+
+def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
+    """(where, data, primary choices, secondary choices) per annotated task; the latest kept annotation wins."""
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: expected a Label Studio JSON export, found invalid JSON ({e.msg})") from None
+    if not isinstance(tasks, list):
+        raise InputError(f"{path}: expected a list of tasks (Label Studio's JSON export), found {type(tasks).__name__}")
+    out = []
+    for number, task in enumerate(tasks, 1):
+        kept = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        if not kept:
+            continue
+        choices = {"primary": [], "secondary": []}
+        for result in kept[-1].get("result", []):
+            if result.get("from_name") in choices:
+                choices[result["from_name"]] = list(result.get("value", {}).get("choices", []))
+        out.append((f"{path} task {number}", task.get("data", {}), choices["primary"], choices["secondary"]))
+    return out
+
+
+def _from_doccano(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
+    """doccano has no primary/secondary: the first label is the primary; label `none` for no theme."""
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+        labels = row.get("label") or row.get("labels") or []
+        if labels:
+            out.append((f"{path}:{number}", row, labels[:1], labels[1:]))
+    return out
+
+
+def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str]) -> dict:
+    """Annotations exported from Label Studio or doccano → our label rows (id, primary, secondary, text).
+    Tasks nobody annotated are counted, not written."""
+    if not source.is_file():
+        raise InputError(f"{source} not found; pass the file exported from {fmt}")
+    if fmt == "labelstudio":
+        annotated = _from_label_studio(source)
+        total = len(json.loads(source.read_text(encoding="utf-8")))
+    elif fmt == "doccano":
+        annotated = _from_doccano(source)
+        total = sum(1 for line in source.read_text(encoding="utf-8").splitlines() if line.strip())
+    else:
+        raise InputError(f"--format expects labelstudio or doccano, found {fmt!r}")
+    allowed = set(theme_ids) | {NONE}
+    rows = []
+    for where, data, primary, secondary in annotated:
+        if "pid" not in data or "text" not in data:
+            raise InputError(f"{where}: expected the task's pid and text (export tasks with `pipeline label export`)")
+        if len(primary) != 1:
+            raise InputError(f"{where}: expected exactly one primary choice, found {primary}; fix the annotation")
+        for label in primary + secondary:
+            if label not in allowed:
+                raise InputError(f"{where}: unknown theme {label!r}; expected one of {', '.join(sorted(allowed))}")
+        secondary = [] if primary[0] == NONE else [t for t in secondary if t != primary[0]]
+        rows.append({"id": data["pid"], "primary": primary[0], "secondary": secondary, "text": data["text"]})
+    with runs.atomic_file(output) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return {"annotated": len(rows), "not_annotated": total - len(rows)}
