@@ -93,13 +93,15 @@ def pretrain(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
 
 @app.command()
 @handle_errors
-def train(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
+def train(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
+          resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run; an error if it has no checkpoint "
+                                      "(without it, an interrupted run with the same config continues too, else starts over).")):
     """Fine-tune a classifier on the prepared splits (transformers.Trainer)."""
     from pipeline.train import train as run_train
 
     cfg = load_config(config, set_)
     _resolve_base(cfg)
-    run_dir = run_train(cfg)
+    run_dir = run_train(cfg, resume=resume)
     typer.echo(f"trained: {run_dir}")
 
 

@@ -141,6 +141,10 @@ class TrainConfig(Strict):
     )
     class_weights: bool = Field(False, description="Weight the loss by inverse class frequency.")
     early_stopping_patience: int = Field(3, ge=1, description="Epochs without a better validation macro-F1 before stopping.")
+    save_steps: int | None = Field(
+        None, ge=1, description="Also checkpoint every N optimiser steps (validation stays per epoch), so an interrupted "
+        "run loses less work; null: checkpoint at epoch ends only."
+    )
 
 
 class Config(Strict):

@@ -503,7 +503,7 @@ def prepare(cfg: Config) -> dict:
         "dropped": dropped.as_dict(),
         "splits": {},
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="prepare_report.json") as tmp:  # never replaces a folder prepare did not write
         for name, members in splits.items():
             path = tmp / f"{name}.jsonl"
             with path.open("w", encoding="utf-8") as f:

@@ -123,7 +123,8 @@ def selection_score(rows: list[dict], probs: np.ndarray, theme_ids: list[str], m
 
 # ---- Uncertainty, calibration and breakdowns for the evaluation report -------------------------
 
-LENGTH_EDGES = (0, 80, 120, 160, 240)  # characters; roughly the test split's quartiles, fixed so runs compare
+LENGTH_BUCKETS = 5
+BOOTSTRAP_CHUNK = 100  # resamples per vectorised step
 
 
 def confusion_scores(counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -156,26 +157,29 @@ def bootstrap_ci(gold: list[str], pred: list[str], classes: list[str], against: 
     "vs_baselines": {name: {metric: {"delta": d, "ci": [low, high]}}}}."""
     index = {c: i for i, c in enumerate(classes)}
     k, n = len(classes), len(gold)
-    g = np.array([index[x] for x in gold], dtype=int)
+    g = np.array([index[x] for x in gold], dtype=np.int64)
+    systems = {"model": pred, **(against or {})}
+    # One code per paragraph and system: its confusion cell (gold * k + predicted).
+    codes = {name: g * k + np.array([index[x] for x in p], dtype=np.int64) for name, p in systems.items()}
     rng = np.random.default_rng(seed)
-    samples = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((resamples, 0), dtype=int)
-    offsets = np.arange(resamples)[:, None] * k * k
-
-    def scores(p_labels: list[str]) -> tuple[dict, dict]:
-        p = np.array([index[x] for x in p_labels], dtype=int)
-        full = np.bincount(g * k + p, minlength=k * k).reshape(k, k)
-        # One bincount for all resamples: each resample's cells are shifted into its own block.
-        stacked = np.bincount((offsets + g[samples] * k + p[samples]).ravel(), minlength=resamples * k * k)
-        return confusion_scores(full), confusion_scores(stacked.reshape(resamples, k, k))
+    boot: dict[str, list[dict]] = {name: [] for name in systems}
+    for start in range(0, resamples, BOOTSTRAP_CHUNK):  # chunks bound memory on a 10,000-paragraph split
+        size = min(BOOTSTRAP_CHUNK, resamples - start)
+        picks = rng.integers(0, n, size=(size, n)) if n else np.zeros((size, 0), dtype=np.int64)
+        offsets = np.arange(size)[:, None] * k * k  # each resample's cells shifted into its own block
+        for name, code in codes.items():  # the same picks for every system: paired differences
+            stacked = np.bincount((offsets + code[picks]).ravel(), minlength=size * k * k)
+            boot[name].append(confusion_scores(stacked.reshape(size, k, k)))
+    scores = {name: {m: np.concatenate([chunk[m] for chunk in chunks]) for m in chunks[0]} for name, chunks in boot.items()}
+    point = {name: confusion_scores(np.bincount(code, minlength=k * k).reshape(k, k)) for name, code in codes.items()}
 
     tail = (1 - level) / 2 * 100
     interval = lambda values: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
-    point, boot = scores(pred)
-    out = {"primary": {m: interval(v) for m, v in boot.items()}, "vs_baselines": {}}
-    for name, base_pred in (against or {}).items():
-        base_point, base_boot = scores(base_pred)
+    out = {"primary": {m: interval(v) for m, v in scores["model"].items()}, "vs_baselines": {}}
+    for name in against or {}:
         out["vs_baselines"][name] = {
-            m: {"delta": float(point[m] - base_point[m]), "ci": interval(boot[m] - base_boot[m])} for m in boot
+            m: {"delta": float(point["model"][m] - point[name][m]), "ci": interval(scores["model"][m] - scores[name][m])}
+            for m in scores["model"]
         }
     return out
 
@@ -218,11 +222,29 @@ def threshold_curves(probs: np.ndarray, gold_sets: np.ndarray, theme_ids: list[s
     return out
 
 
+def length_edges(lengths: list[int], buckets: int = LENGTH_BUCKETS) -> list[int]:
+    """Lower edges (characters) of up to `buckets` buckets holding about equal numbers of paragraphs.
+
+    From the split's own quantiles, not fixed numbers: headlines (THUCNews, ~20 characters) and
+    People's Daily paragraphs (~130) would otherwise land in a single bucket. The same split gives
+    the same edges, so runs scored on it still compare bucket by bucket."""
+    if not len(lengths):
+        return [0]
+    lengths = np.asarray(lengths)
+    # floor + 1: a bucket [low, high) then holds every paragraph up to its quantile, so none is empty...
+    edges = sorted({0, *(int(np.floor(x)) + 1 for x in np.quantile(lengths, np.arange(1, buckets) / buckets))})
+    # ...except where many paragraphs share one length: drop those buckets.
+    which = np.searchsorted(edges, lengths, side="right") - 1
+    return [0] + [e for i, e in enumerate(edges) if i and (which == i).any()]
+
+
 def length_buckets(lengths: list[int], gold: list[str], preds: dict[str, list[str]], classes: list[str],
-                   edges=LENGTH_EDGES) -> dict:
+                   edges: list[int] | None = None) -> dict:
     """Accuracy and macro-F1 of each system's primary per paragraph-length bucket (characters).
 
-    `preds` maps a system name (model, baselines) to its predictions for the same paragraphs."""
+    `preds` maps a system name (model, baselines) to its predictions for the same paragraphs;
+    `edges` are the buckets' lower edges (default: length_edges of these paragraphs)."""
+    edges = list(edges) if edges is not None else length_edges(lengths)
     lengths = np.asarray(lengths)
     bounds = list(edges) + [None]
     buckets = []

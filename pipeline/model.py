@@ -72,9 +72,28 @@ def _hub_hint(name: str, error: Exception) -> PipelineError:
     )
 
 
+def _offline_unless_hub_reachable(name_or_path: str) -> None:
+    """A hub name on a machine without network: switch the hub client to its local cache at once,
+    instead of retrying for minutes, so a cached model still loads and a missing one fails fast."""
+    import os
+    import socket
+
+    if Path(name_or_path).exists() or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        import huggingface_hub.constants
+
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
 def load_tokenizer(name_or_path: str, max_length: int):
     from transformers import AutoTokenizer
 
+    _offline_unless_hub_reachable(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:

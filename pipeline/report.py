@@ -619,20 +619,22 @@ def render_model_card(view: dict) -> str:
     m, cfg, run = view["m"], view["config"], view["m"]["run"]
     multi = m["mode"] == "multi_label"
     ci = m.get("confidence_intervals", {}).get("primary", {})
-    labels_files = ", ".join(cfg.get("data", {}).get("labels", [])) or "the configured label files"
+    data_cfg = cfg.get("data", {})
+    # Label files (joined to articles) and labelled tables: the project trains any label set, not only the themes.
+    sources = ", ".join([*data_cfg.get("labels", []), *(t["path"] for t in data_cfg.get("tables", []))]) or "the configured data"
     meta = {
         "language": "zh",
         "library_name": "transformers",
         "pipeline_tag": "text-classification",
-        "tags": ["bert", "chinese", "policy", "multi-label" if multi else "single-label", "text-classification"],
+        "tags": ["bert", "chinese", "multi-label" if multi else "single-label", "text-classification"],
         "metrics": ["accuracy", "f1"],
     }
     name_or_path = cfg.get("model", {}).get("name_or_path")
     if _is_hub_name(name_or_path):
         meta["base_model"] = name_or_path
     meta["model-index"] = [{"name": view["name"], "results": [{
-        "task": {"type": "text-classification", "name": "Policy theme classification"},
-        "dataset": {"name": f"hand-labelled policy-news paragraphs ({labels_files})", "type": "local", "split": m["split"]},
+        "task": {"type": "text-classification", "name": "Text classification"},
+        "dataset": {"name": f"labelled Chinese text ({sources})", "type": "local", "split": m["split"]},
         "metrics": [
             {"type": "accuracy", "value": round(m["primary"]["accuracy"], 4), "name": "primary-theme accuracy"},
             {"type": "f1", "value": round(m["primary"]["macro_f1"], 4), "name": "primary-theme macro-F1", "args": {"average": "macro"}},
@@ -642,29 +644,29 @@ def render_model_card(view: dict) -> str:
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     themes = cfg.get("themes", [])
     thresholds = {t: s["threshold"] for t, s in m.get("labels", {}).get("per_theme", {}).items()}
-    theme_rows = [f"| `{t['id']}` | {t['name']} | {_md_cell(t['description'])} |"
+    theme_rows = [f"| `{t['id']}` | {t['name']} | {_md_cell(t.get('description') or '–')} |"
                   + (f" {thresholds.get(t['id'], 0.5):.2f} |" if multi else "") for t in themes]
     data = view["data"]
     sizes = f"{data.get('train_paragraphs', '?')} training and {data.get('validation_paragraphs', '?')} validation paragraphs"
     tf = m["baselines"].get("tfidf_char_lr", {}).get("primary", {})
     lines = ["---", front.rstrip(), "---", "",
-             f"# {view['name']}: Chinese policy-theme classifier", "",
-             f"A BERT sequence classifier, fine-tuned from {run['model']}, that recognises the themes of paragraphs of "
-             "Chinese policy news. " + ("Multi-label: one sigmoid score per theme and a tuned threshold per theme, so a paragraph "
-                                "may get several themes or none; the top-scoring theme is its primary theme."
-                                if multi else "Single-label: a softmax over the themes; the top theme is the answer."), "",
+             f"# {view['name']}: Chinese text classifier ({len(themes)} labels)", "",
+             f"A BERT sequence classifier for Chinese text, fine-tuned from {run['model']} on the labelled data below. "
+             + ("Multi-label: one sigmoid score per label and a tuned threshold per label, so a text may get several "
+                "labels or none; the top-scoring label is its primary label."
+                if multi else "Single-label: a softmax over the labels; the top label is the answer."), "",
              "## Intended use", "",
-             "- Tagging paragraphs of Chinese policy and government news with the themes below, to search, count and "
-             "read them by theme; a person checks what matters.",
-             "- Out of scope: other languages and genres (social media, legal text), decisions about individuals, and "
-             "scoring text far from the training domain without first checking the metrics on a labelled sample of it.", "",
-             "## Themes", "", "| id | name | description |" + (" threshold |" if multi else ""),
+             "- Assigning the labels below to Chinese text of the kind it was trained on (see Training data), to "
+             "search, count and read texts by label; a person checks what matters.",
+             "- Out of scope: other languages and genres, decisions about individuals, and scoring text far from the "
+             "training data without first checking the metrics on a labelled sample of it.", "",
+             "## Labels", "", "| id | name | description |" + (" threshold |" if multi else ""),
              "|---|---|---|" + ("---|" if multi else ""), *theme_rows, "",
              "## Training data", "",
-             f"- Labelled paragraphs: {labels_files}; articles from "
-             f"{', '.join(cfg.get('data', {}).get('inputs', [])) or 'the configured inputs'}.",
-             f"- {sizes} (stratified by primary theme, seed {run['seed']}); evaluated on the `{m['split']}` split, "
-             f"{m['n']} paragraphs ({m['n_with_theme']} with a theme).",
+             f"- Labelled data: {sources}"
+             + (f"; articles from {', '.join(data_cfg['inputs'])}." if data_cfg.get("inputs") else "."),
+             f"- {sizes} (stratified by primary label, seed {run['seed']}); evaluated on the `{m['split']}` split, "
+             f"{m['n']} texts ({m['n_with_theme']} with a label).",
              "- Split hashes (sha256): " + ", ".join(f"{k} `{v[:16]}…`" for k, v in run["data_sha256"].items()), "",
              "## Metrics", "",
              f"From `metrics.json` (split `{m['split']}`); 95% bootstrap intervals in brackets. Primary figures are over "
@@ -685,9 +687,9 @@ def render_model_card(view: dict) -> str:
     lines += ["", "## Limitations", "",
               f"- Small evaluation set ({m['n']} paragraphs)" + (f": the 95% intervals are up to {max(widths):.2f} wide, so "
                                                                 "small differences between runs are noise." if widths else "."),
-              "- Themes overlap (reform and economy, renewal and livelihood); the gold labels are one annotation, and "
-              "the worst mistakes in `report.html` include label disagreements as well as model errors.",
-              "- Trained on a narrow slice of text (see Training data); vocabulary, style and topics drift over time.",
+              "- Labels overlap in meaning; the gold labels are one annotation, and the worst mistakes in "
+              "`report.html` include label disagreements as well as model errors.",
+              "- Trained on one source of text (see Training data); vocabulary, style and topics drift over time.",
               "- Scores are model confidences, calibrated only as far as the report shows" +
               (f" (expected calibration error of the top theme {m['calibration']['ece']:.3f})" if "calibration" in m else "") +
               "; decide with the tuned thresholds, not with 0.5.",

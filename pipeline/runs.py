@@ -1,9 +1,16 @@
-"""Run-directory layout, the `latest` pointer, and writes that never leave half a file.
+"""Run-directory layout, the `latest` pointer, checkpoints to resume from, and writes that never
+leave half a file.
 
 A run directory (models/<run_name>/) holds:
   model.safetensors, config.json (id2label, label2id, thresholds), tokenizer files,
   config.yaml (resolved config), data.json (hashes of the splits), train_metrics.json,
   and after `evaluate`: metrics.json, report.md, predictions.jsonl.
+
+While it trains, a run lives in models/<run_name>.partial/ (a fixed name, so a second invocation
+and every process of a distributed run find the same folder):
+  resume.json    what the checkpoints were made from (config, data hashes, processes)
+  checkpoints/   transformers.Trainer checkpoints (checkpoint-<step>/)
+  run/           the run directory being written; renamed to models/<run_name> when complete
 """
 
 from __future__ import annotations
@@ -27,6 +34,16 @@ METRICS = "metrics.json"
 REPORT_MD = "report.md"
 TEST_PREDICTIONS = "predictions.jsonl"
 LATEST = "latest"
+
+PARTIAL_SUFFIX = ".partial"
+RESUME_INFO = "resume.json"
+CHECKPOINTS = "checkpoints"
+STAGED = "run"
+# What transformers.Trainer writes into checkpoint-<step>/; trainer_state.json comes last, after the
+# weights, optimizer, scheduler and RNG states, so a checkpoint holding it was written completely.
+_CHECKPOINT_PREFIX = "checkpoint-"
+_TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT_FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt")
 
 
 def check_run_dir(path: str | Path) -> Path:
@@ -52,16 +69,116 @@ def point_latest(models_dir: Path, run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
+def partial_dir(final: Path) -> Path:
+    """Where the run that will become `final` keeps its checkpoints and stages its files."""
+    return final.with_name(final.name + PARTIAL_SUFFIX)
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name[len(_CHECKPOINT_PREFIX):])
+
+
+def _is_complete_checkpoint(path: Path, processes: int) -> bool:
+    try:
+        json.loads((path / _TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # Every process saves its own RNG state (rng_state_<rank>.pth; rng_state.pth when alone), and not
+    # necessarily before the main process writes trainer_state.json.
+    rng = ["rng_state.pth"] if processes == 1 else [f"rng_state_{i}.pth" for i in range(processes)]
+    if not all((path / name).is_file() for name in (*_CHECKPOINT_FILES, *rng)):
+        return False
+    from safetensors import safe_open
+
+    try:  # reads the header only: a truncated or foreign weights file fails here, not in the middle of resuming
+        with safe_open(str(path / WEIGHTS), framework="pt"):
+            pass
+    except Exception:  # safetensors raises its own error types for malformed files
+        return False
+    return True
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """checkpoint-<step> folders, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(_CHECKPOINT_PREFIX)
+             and p.name[len(_CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=_checkpoint_step)
+
+
+def last_checkpoint(folder: Path, processes: int = 1) -> Path | None:
+    """The newest checkpoint that was written completely (a kill -9 can leave the newest one half-written)."""
+    complete = [p for p in checkpoints(folder) if _is_complete_checkpoint(p, processes)]
+    return complete[-1] if complete else None
+
+
+def discard_incomplete_checkpoints(folder: Path, processes: int = 1) -> list[Path]:
+    """Remove half-written checkpoints, so that the Trainer neither resumes from one nor counts it when
+    rotating old checkpoints away. Returns what was removed."""
+    removed = [p for p in checkpoints(folder) if not _is_complete_checkpoint(p, processes)]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_replaceable(final: Path, marker: str | None) -> None:
+    """`final` may be replaced by a new version of itself: it does not exist, is empty, or holds `marker`
+    (a file only this kind of folder has). A folder path mistyped as `.` or `data` is never deleted."""
+    if final.is_symlink():
+        raise PipelineError(f"{final} is a link; expected a folder to write into: choose another name")
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise PipelineError(f"{final} exists and is a file; expected a folder to write into: move it or choose another name")
+    if marker is not None and any(final.iterdir()) and not (final / marker).exists():
+        raise PipelineError(
+            f"{final} exists and does not look like an earlier output of this stage (no {marker}); "
+            f"it would be replaced: choose another folder or remove it yourself"
+        )
+
+
+def publish_dir(staged: Path, final: Path) -> None:
+    """Put the finished folder `staged` in place of `final`. The old version is renamed aside before the new
+    one is renamed in, so `final` (and a `latest` link to it) is never a half-deleted folder."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_error(final: Path, e: OSError) -> PipelineError:
+    where = e.filename or final
+    return PipelineError(f"could not write {where}: {e.strerror or e}; free space or fix permissions, or choose another output")
+
+
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `final`, on failure it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+def atomic_dir(final: Path, marker: str | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `final`, on failure it is removed.
+    `marker`: a file every earlier version of `final` holds (see check_replaceable).
+    One process only: distributed training stages in partial_dir() instead."""
+    check_replaceable(final, marker)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    except OSError as e:
+        raise _write_error(final, e) from None
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_dir(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(final, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -69,19 +186,35 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_file(final: Path, mode: str = "w") -> Iterator:
-    """Open a temporary sibling of `final` for writing; rename over `final` only if the block succeeds."""
+    """Open a temporary sibling of `final` for writing; rename over `final` only if the block succeeds.
+    A device, pipe or socket (/dev/stdout, a FIFO) is written directly: it cannot be replaced by a file."""
+    final = Path(final)
+    encoding = None if "b" in mode else "utf-8"
+    if final.is_dir():
+        raise PipelineError(f"output {final} is a folder; expected a file name, e.g. {final / 'predictions.jsonl'}")
+    if final.exists() and not final.is_file():
+        try:
+            with open(final, mode, encoding=encoding) as handle:
+                yield handle
+        except OSError as e:
+            raise _write_error(final, e) from None
+        return
     if not final.parent.is_dir():
         raise PipelineError(f"output folder {final.parent} does not exist; create it or choose another --output")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    except OSError as e:
+        raise _write_error(final, e) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as handle:
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
+        with open(tmp, mode, encoding=encoding) as handle:
             yield handle
         os.replace(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise PipelineError(f"could not write {final}: {e.strerror or e}; free space or choose another --output") from None
+        raise _write_error(final, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -3,22 +3,32 @@
 Reads data.output_dir/{train,validation}.jsonl. Writes models/<run_name>/: model.safetensors,
 config.json (id2label, label2id, problem_type, theme_thresholds), tokenizer files, config.yaml
 (resolved), data.json (split hashes) and train_metrics.json, then points models/latest at it.
-The run directory appears only when complete (built in a temporary folder, then renamed).
+
+While training, checkpoints go to models/<run_name>.partial/checkpoints (at each epoch end and
+every train.save_steps steps); an interrupted run (a crash, kill -9) continues from the last
+complete one when the same command is run again. The run directory is staged in
+models/<run_name>.partial/run and renamed into place only when complete, so models/latest never
+points at a half-written run.
+
+Runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch` (data parallel, through
+the Trainer): train.batch_size is the global batch, split across the processes; the main process
+alone writes the run directory and repoints models/latest.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import runs
-from pipeline.config import Config, save_config
+from pipeline.config import Config, config_dict, save_config
 from pipeline.data import NONE, file_sha256, load_split, resolve_schema
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.metrics import choose_thresholds, membership, selection_score
 from pipeline.model import build_classifier, score_texts
 
@@ -63,12 +73,104 @@ def _loss_with_class_weights(rows: list[dict], theme_ids: list[str], multi_label
     return compute_loss
 
 
-def train(cfg: Config, data_dir: str | None = None) -> Path:
-    """Fine-tune per cfg and return the run directory."""
+def _callbacks(save_steps: int | None):
+    """Trainer callbacks: per-process seeds, extra checkpoints, no pickles left in checkpoints."""
+    from accelerate.utils import set_seed
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class PerProcessSeed(TrainerCallback):
+        # Every process built the same model from cfg.seed. From here on each draws its own dropout
+        # masks (seed + process index; process 0 keeps the single-process stream). The data order is
+        # the Trainer's seeded sampler (data_seed), shared by all processes, each taking its own batches.
+        # On resume the Trainer then restores each process's saved RNG state over this.
+        def on_train_begin(self, args, state, control, **kwargs):
+            set_seed(args.seed, device_specific=True)
+
+    class SaveEvery(TrainerCallback):
+        # Validation and model selection stay per epoch; these checkpoints only bound the work a crash
+        # loses. An epoch's last step is skipped: the epoch-end checkpoint follows it, after validation.
+        def on_step_end(self, args, state, control, **kwargs):
+            if save_steps and state.global_step % save_steps == 0 and not float(state.epoch or 0).is_integer():
+                control.should_save = True
+
+    class NoPickledArgs(TrainerCallback):
+        # Trainer writes training_args.bin (a pickle) into each checkpoint and never reads it back; the
+        # files it does read on resume (optimizer, scheduler, RNG states) it loads with weights_only=True.
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+                (folder / "training_args.bin").unlink(missing_ok=True)
+
+    return [PerProcessSeed(), SaveEvery(), NoPickledArgs()]
+
+
+def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
+    """What decides the training trajectory: checkpoints are resumed only into an identical one."""
+    recipe = config_dict(cfg)
+    recipe["train"].pop("save_steps", None)  # how often it checkpoints does not change the result
+    return {
+        "config": recipe,
+        "data_sha256": {name: file_sha256(data_dir / f"{name}.jsonl") for name in ("train", "validation")},
+        "processes": processes,  # the global batch is split differently: steps and sampling change
+    }
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]
+
+
+def _resume_point(work: Path, fingerprint: dict, resume: bool) -> Path | None:
+    """The main process's side of resuming: drop checkpoints that cannot be resumed, record what the
+    next ones are made from, and return the last complete checkpoint (None: start from the beginning)."""
+    info = work / runs.RESUME_INFO
+    processes = fingerprint["processes"]
+    if work.exists():
+        try:
+            saved = runs.read_json(info)
+        except PipelineError:
+            saved = None  # killed before resume.json was written: nothing of this folder can be trusted
+        if saved != fingerprint:
+            changed = _differences(saved or {}, fingerprint)[:3] if saved else [f"{info} missing or unreadable"]
+            if resume:
+                raise PipelineError(
+                    f"--resume: the checkpoints in {work} were made from a different config or data "
+                    f"({'; '.join(changed)}); run with the config and data they were made from, or without --resume to start over"
+                )
+            if any(runs.checkpoints(work / runs.CHECKPOINTS)):
+                log.warning("%s: checkpoints from a different config or data (%s); starting over", work, "; ".join(changed))
+            shutil.rmtree(work)
+    for path in runs.discard_incomplete_checkpoints(work / runs.CHECKPOINTS, processes):
+        log.warning("%s was not written completely (interrupted); removed it", path)
+    checkpoint = runs.last_checkpoint(work / runs.CHECKPOINTS, processes)
+    if resume and checkpoint is None:
+        raise PipelineError(f"--resume: no complete checkpoint in {work / runs.CHECKPOINTS}; run without --resume to start training")
+    if checkpoint is not None:
+        from transformers.utils import is_torch_greater_or_equal
+
+        if not is_torch_greater_or_equal("2.6"):
+            # The Trainer loads optimizer, scheduler and RNG states with torch.load(weights_only=True),
+            # which is only safe, and only allowed by transformers, from torch 2.6 on.
+            raise PipelineError(f"resuming from {checkpoint} needs torch 2.6 or newer (safe loading); "
+                                f"upgrade torch, or remove {work} to start over")
+    shutil.rmtree(work / runs.STAGED, ignore_errors=True)  # a run directory half-written before a crash
+    work.mkdir(parents=True, exist_ok=True)
+    runs.write_json(info, fingerprint)
+    return checkpoint
+
+
+def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Path:
+    """Fine-tune per cfg and return the run directory. An interrupted run with the same config and data
+    continues from its last complete checkpoint; resume=True insists on it (an error if there is none)."""
     import torch
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
+    if cfg.run_name == runs.LATEST or cfg.run_name.endswith(runs.PARTIAL_SUFFIX):
+        raise ConfigError(f"run_name {cfg.run_name!r} is reserved (the latest-run link, or a run's working folder); choose another")
     multi = cfg.train.mode == "multi_label"
     data_dir = Path(data_dir or cfg.data.output_dir)
     train_rows, val_rows = load_split(data_dir, "train"), load_split(data_dir, "validation")
@@ -84,6 +186,48 @@ def train(cfg: Config, data_dir: str | None = None) -> Path:
         )
     resolve_schema(cfg, data_dir)
     theme_ids = cfg.theme_ids
+    models_dir = Path(cfg.train.output_dir)
+    final = models_dir / cfg.run_name
+    work = runs.partial_dir(final)
+    runs.check_replaceable(final, runs.RESOLVED_CONFIG)
+
+    args = TrainingArguments(  # under torchrun / accelerate launch this joins the process group
+        output_dir=str(work / runs.CHECKPOINTS),
+        num_train_epochs=cfg.train.epochs,
+        per_device_train_batch_size=cfg.train.batch_size,  # set below, once the number of processes is known
+        per_device_eval_batch_size=max(cfg.train.batch_size, 64),
+        learning_rate=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_ratio,  # a float below 1 is a ratio of total steps
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,  # plus the best one, which the Trainer keeps for load_best_model_at_end
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_strategy="epoch",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not _is_tty(),
+        dataloader_num_workers=0,
+        # Our losses are means over the batch and ignore num_items_in_batch; averaging "tokens" across
+        # processes would scale them by the number of processes (doubling the gradient on 2 GPUs).
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,  # every parameter of the classifier gets a gradient
+    )
+    parts = args.world_size * max(args.n_gpu, 1)  # processes, times GPUs per process (DataParallel)
+    if cfg.train.batch_size % parts:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} is the global batch, split evenly across {parts} processes/GPUs; "
+            f"expected a multiple of {parts}: e.g. --set train.batch_size={cfg.train.batch_size // parts * parts or parts}"
+        )
+    args.per_device_train_batch_size = cfg.train.batch_size // parts
+    main = args.process_index == 0  # the process that writes the run directory
+
+    # Identical initial weights in every process: same seed, same tokenizer from the same text.
     set_seed(cfg.seed)
     tokenizer, model = build_classifier(cfg.model, theme_ids, multi, [r["text"] for r in train_rows])
 
@@ -96,37 +240,25 @@ def train(cfg: Config, data_dir: str | None = None) -> Path:
     train_ds, val_ds = encode(train_rows), encode(val_rows)
 
     def compute_metrics(pred):
+        # The Trainer gathers every process's predictions, in dataset order, without the padding copies:
+        # the score is over the whole validation split, the same in each process.
+        if len(pred.predictions) != len(val_rows):
+            raise RuntimeError(f"validation predictions: {len(pred.predictions)}, expected {len(val_rows)}")
         logits = torch.tensor(pred.predictions)
         probs = (torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).numpy()
         return {"macro_f1": selection_score(val_rows, probs, theme_ids, multi)}
 
-    models_dir = Path(cfg.train.output_dir)
-    final = models_dir / cfg.run_name
     start = time.time()
-    with runs.atomic_dir(final) as run_dir:
-        args = TrainingArguments(
-            output_dir=str(run_dir / "checkpoints"),
-            num_train_epochs=cfg.train.epochs,
-            per_device_train_batch_size=cfg.train.batch_size,
-            per_device_eval_batch_size=max(cfg.train.batch_size, 64),
-            learning_rate=cfg.train.learning_rate,
-            weight_decay=cfg.train.weight_decay,
-            warmup_steps=cfg.train.warmup_ratio,  # a float below 1 is a ratio of total steps
-            lr_scheduler_type="linear",
-            eval_strategy="epoch",
-            save_strategy="epoch",
-            save_total_limit=1,
-            load_best_model_at_end=True,
-            metric_for_best_model="macro_f1",
-            greater_is_better=True,
-            logging_strategy="epoch",
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=not _is_tty(),
-            dataloader_num_workers=0,
-        )
+    try:
+        # The main process cleans up first; the others then find the checkpoint it settled on.
+        with args.main_process_first(local=False, desc="finding checkpoints"):
+            fingerprint = _fingerprint(cfg, data_dir, args.world_size)
+            if main:
+                checkpoint = _resume_point(work, fingerprint, resume)
+            else:
+                checkpoint = runs.last_checkpoint(work / runs.CHECKPOINTS, args.world_size)
+        if checkpoint is not None and main:
+            log.info("resuming from %s (step %s)", checkpoint, checkpoint.name.rsplit("-", 1)[1])
         trainer = Trainer(
             model=model,
             args=args,
@@ -136,41 +268,53 @@ def train(cfg: Config, data_dir: str | None = None) -> Path:
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
             compute_loss_func=_loss_with_class_weights(train_rows, theme_ids, multi) if cfg.train.class_weights else None,
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience)],
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience),
+                       *_callbacks(cfg.train.save_steps)],
         )
-        result = trainer.train()
-        model = trainer.model.eval()
-        val_probs, _ = score_texts(model, tokenizer, [r["text"] for r in val_rows])
-        if multi:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        model = trainer.model.eval()  # the best epoch's weights (load_best_model_at_end), in every process
+        staged = work / runs.STAGED
+        if main and multi:
+            val_probs, _ = score_texts(model, tokenizer, [r["text"] for r in val_rows])
             model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
-        trainer.save_model(str(run_dir))  # safetensors weights, config.json with label maps, tokenizer
-        (run_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
-        _remove_checkpoints(run_dir / "checkpoints")
-        save_config(cfg, run_dir / runs.RESOLVED_CONFIG)
-        runs.write_json(run_dir / runs.DATA_INFO, {
-            "data_dir": str(data_dir),
-            "sha256": {name: file_sha256(data_dir / f"{name}.jsonl") for name in ("train", "validation", "test")},
-            "train_paragraphs": len(train_rows),
-            "validation_paragraphs": len(val_rows),
-        })
-        history = [e for e in trainer.state.log_history if "eval_macro_f1" in e]
-        runs.write_json(run_dir / runs.TRAIN_METRICS, {
-            "seed": cfg.seed,
-            "train_seconds": round(time.time() - start, 1),
-            "train_loss": result.training_loss,
-            "epochs_run": trainer.state.epoch,
-            "best_validation_macro_f1": trainer.state.best_metric,
-            "validation_history": [{"epoch": e["epoch"], "macro_f1": e["eval_macro_f1"]} for e in history],
-            "thresholds": getattr(model.config, "theme_thresholds", None),
-        })
-    runs.point_latest(models_dir, final)
+        trainer.save_model(str(staged))  # every process calls it (sharded models gather); the main one writes
+        if main:
+            _write_run_files(staged, cfg, data_dir, trainer, result, train_rows, val_rows, checkpoint, start)
+            runs.check_replaceable(final, runs.RESOLVED_CONFIG)
+            runs.publish_dir(staged, final)
+            runs.point_latest(models_dir, final)
+            shutil.rmtree(work, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()  # the others return once the run directory is in place
+    except OSError as e:
+        raise PipelineError(
+            f"training stopped: cannot write {e.filename or work} ({e.strerror or e}); free space or fix permissions, "
+            f"then run the same command again: it continues from the last checkpoint in {work / runs.CHECKPOINTS}"
+        ) from None
     return final
 
 
-def _remove_checkpoints(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,
+                     checkpoint: Path | None, start: float) -> None:
+    (run_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
+    save_config(cfg, run_dir / runs.RESOLVED_CONFIG)
+    runs.write_json(run_dir / runs.DATA_INFO, {
+        "data_dir": str(data_dir),
+        "sha256": {name: file_sha256(data_dir / f"{name}.jsonl") for name in ("train", "validation", "test")},
+        "train_paragraphs": len(train_rows),
+        "validation_paragraphs": len(val_rows),
+    })
+    history = [e for e in trainer.state.log_history if "eval_macro_f1" in e]
+    runs.write_json(run_dir / runs.TRAIN_METRICS, {
+        "seed": cfg.seed,
+        "processes": trainer.args.world_size,
+        "resumed_from_step": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
+        "train_seconds": round(time.time() - start, 1),  # of this invocation, when resumed
+        "train_loss": result.training_loss,  # mean over this invocation's steps
+        "epochs_run": trainer.state.epoch,
+        "best_validation_macro_f1": trainer.state.best_metric,
+        "validation_history": [{"epoch": e["epoch"], "macro_f1": e["eval_macro_f1"]} for e in history],
+        "thresholds": getattr(trainer.model.config, "theme_thresholds", None),
+    })
 
 
 def _is_tty() -> bool:

@@ -49,3 +49,16 @@ def test_missing_config_file(project):
     result = invoke("prepare", "configs/nope.yaml")
     assert result.exit_code == 2
     assert "config file configs/nope.yaml not found" in result.output
+
+
+def test_unreachable_hub_model_fails_fast_with_the_offline_hint(project, monkeypatch, tmp_path):
+    # An endpoint that refuses connections stands in for "no network"; an empty cache has nothing.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert invoke("prepare", "configs/tiny.yaml").exit_code == 0
+    result = invoke("train", "configs/tiny.yaml", "--set", "model.name_or_path=bert-base-chinese")
+    assert result.exit_code == 2
+    assert "could not load model 'bert-base-chinese'" in result.output
+    assert "set model.name_or_path to a pretrained base built by `pipeline pretrain`" in result.output
+    assert not (project / "models" / "tiny").exists()

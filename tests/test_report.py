@@ -13,7 +13,7 @@ import yaml
 from conftest import invoke
 from pipeline import report
 from pipeline.metrics import (bootstrap_ci, calibration, classification_metrics, confusion_scores, length_buckets,
-                              threshold_curves)
+                              length_edges, threshold_curves)
 
 THEMES = ["economy", "renewal", "culture", "livelihood", "reform", "openness"]
 
@@ -75,9 +75,13 @@ def test_bootstrap_intervals_are_seeded_and_paired():
 def test_threshold_curves_and_length_buckets_on_hand_made_cases():
     curves = threshold_curves(np.array([[0.9], [0.6], [0.2]]), np.array([[1], [0], [1]]), ["economy"], grid=(0.1, 0.5, 0.95))
     assert curves["per_theme"]["economy"] == {"precision": [2 / 3, 0.5, None], "recall": [1.0, 0.5, 0.0], "positives": 2}
-    buckets = length_buckets([10, 90, 300, 85], ["a", "b", "a", "b"], {"model": ["a", "a", "a", "b"]}, ["a", "b"])["buckets"]
+    edges = [0, 80, 120, 160, 240]
+    buckets = length_buckets([10, 90, 300, 85], ["a", "b", "a", "b"], {"model": ["a", "a", "a", "b"]}, ["a", "b"], edges)["buckets"]
     assert [(b["range"], b["n"]) for b in buckets] == [("0–79", 1), ("80–119", 2), ("120–159", 0), ("160–239", 0), ("≥240", 1)]
     assert buckets[1]["scores"]["model"]["accuracy"] == 0.5 and buckets[2]["scores"] == {}
+    # Default edges: the split's quintiles (floor + 1), empty buckets from tied lengths dropped.
+    assert length_edges(list(range(10, 101, 10))) == [0, 29, 47, 64, 83]
+    assert length_edges([5] * 10) == [0] and length_edges([1, 2, 2, 2, 2, 2, 2, 2, 9]) == [0, 3]
 
 
 # ---- The tiny run's report -----------------------------------------------------------------------
@@ -300,7 +304,7 @@ def test_single_label_report_from_hand_made_scores_shows_the_known_numbers(tmp_p
     # ECE: bins 0.6 (wrong), 0.7, 0.8, 0.9 (right): (0.6 + 0.3 + 0.2 + 0.1) / 4
     assert m["calibration"]["ece"] == pytest.approx(0.3) and f'<b id="ece">0.300</b>' in page
     assert "| 0.60 | economy | renewal | 经济产业" in md  # the one mistake, with its confidence
-    assert [b["n"] for b in m["by_length"]["buckets"]] == [1, 1, 1, 0, 1]
+    assert [(b["range"], b["n"]) for b in m["by_length"]["buckets"]] == [("0–76", 1), ("77–116", 1), ("117–184", 1), ("≥185", 1)]
     assert "label sets" not in md.lower() and "threshold" not in page.lower() and page.count("<img") == 4
     card = out["card"].read_text(encoding="utf-8")
     assert "multi-label" not in card.split("---")[1] and "logits.softmax(-1)" in card
