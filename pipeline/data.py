@@ -183,6 +183,17 @@ def _article_files(path: Path) -> list[Path]:
     return [path]
 
 
+def iter_jsonl(lines: Iterable[str], source: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank JSONL line; invalid JSON names the line."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{source}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+
+
 def read_jsonl_records(lines: Iterable[str], source: str, stem: str) -> Iterator[Paragraph]:
     """Each JSONL record is one paragraph, classified as it is (not split)."""
     seen_any = False
@@ -247,16 +258,10 @@ def read_labels(paths: list[str], theme_ids: list[str] | None) -> dict[str, dict
         path = Path(spec)
         if not path.is_file():
             raise InputError(f"labels file {path} not found; check data.labels in the config")
-        for number, line in enumerate(read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
+        for number, row in iter_jsonl(read_text(path).splitlines(), str(path)):
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
             if not isinstance(row, dict) or "id" not in row or "primary" not in row:
-                raise InputError(f'{where}: expected an object with "id" and "primary", found {line[:60]!r}')
+                raise InputError(f'{where}: expected an object with "id" and "primary", found {json.dumps(row, ensure_ascii=False)[:60]}')
             secondary = row.get("secondary") or []
             for theme in [row["primary"], *secondary]:
                 if allowed is not None and theme not in allowed:
@@ -315,12 +320,7 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
                                  f"check the delimiter and quoting of that line")
             yield number, dict(zip(names, values))
     elif fmt == "jsonl":
-        for number, line in enumerate(read_text(path).splitlines(), 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+        yield from iter_jsonl(read_text(path).splitlines(), str(path))
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import runs
 from pipeline.config import Config
-from pipeline.data import NONE, Dropped, read_labels, read_paragraphs
+from pipeline.data import NONE, Dropped, iter_jsonl, read_labels, read_paragraphs, read_text
 from pipeline.errors import InputError
 from pipeline.metrics import membership
 
@@ -142,15 +142,9 @@ def _label_studio_config(theme_ids: list[str]) -> str:
 
 def _rows_to_label(path: Path) -> list[dict]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+    for number, row in iter_jsonl(read_text(path).splitlines(), str(path)):
         if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
-            raise InputError(f'{path}:{number}: expected an object with "id" and "text", found {line[:60]!r}')
+            raise InputError(f'{path}:{number}: expected an object with "id" and "text", found {json.dumps(row, ensure_ascii=False)[:60]}')
         rows.append(row)
     if not rows:
         raise InputError(f"{path} has no rows to export; expected JSONL with id and text (e.g. from `pipeline label suggest`)")
@@ -198,13 +192,9 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
 def _from_doccano(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
     """doccano has no primary/secondary: the first label is the primary; label `none` for no theme."""
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: expected a JSON object, found invalid JSON ({e.msg}); fix that line") from None
+    for number, row in iter_jsonl(read_text(path).splitlines(), str(path)):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object (doccano's JSONL export), found {type(row).__name__}")
         labels = row.get("label") or row.get("labels") or []
         if labels:
             out.append((f"{path}:{number}", row, labels[:1], labels[1:]))
