@@ -117,7 +117,7 @@ def _resolve_base(cfg) -> None:
 @handle_errors
 def evaluate(run_dir: Path = typer.Argument(Path("models/latest"), help="Run directory."),
              split: str = typer.Option("test", help="Split to score: test or validation.")):
-    """Score a run on the held-out split; write metrics.json and report.md into it."""
+    """Score a run on the held-out split; write metrics.json, report.html, report.md and a model card into it."""
     from pipeline.evaluate import evaluate as run_evaluate
 
     metrics = run_evaluate(run_dir, split)
@@ -131,7 +131,7 @@ def _print_metrics(m: dict, run_dir: Path) -> None:
     tf = m["baselines"].get("tfidf_char_lr")
     if tf:
         line += f" (TF-IDF baseline macro-F1 {tf['primary']['macro_f1']:.3f})"
-    typer.echo(f"{line}\nreport: {Path(run_dir) / 'report.md'}")
+    typer.echo(f"{line}\nreport: {Path(run_dir) / 'report.html'} (and report.md)")
 
 
 @app.command()
@@ -204,7 +204,7 @@ def cv(config: Path = ConfigArg, folds: int = typer.Option(5, "--folds", min=2, 
     result = run_cv(cfg, folds)
     for name, s in result["summary"].items():
         typer.echo(f"{name}: {s['mean']:.3f} ± {s['std']:.3f}")
-    typer.echo(f"report: {result['dir']}/cv.md")
+    typer.echo(f"report: {result['dir']}/cv.html (and cv.md)")
 
 
 @app.command()

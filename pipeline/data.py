@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -399,27 +400,162 @@ def _stable_key(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
-def split_rows(rows: list[dict], validation_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+# Near-duplicates: paragraphs whose character 5-grams (of the text without punctuation, digits and
+# spaces, so re-dated or re-numbered copies count) overlap with Jaccard >= NEAR_DUPLICATE_JACCARD.
+# Candidates come from MinHash LSH: 80 hashes in 20 bands of 4 put a pair at Jaccard 0.7 in a shared
+# bucket with probability 1 - (1 - 0.7**4)**20 = 0.996, a pair at 0.2 with 0.03; each candidate pair
+# is then checked exactly.
+NEAR_DUPLICATE_JACCARD = 0.7
+_SHINGLE = 5
+_BANDS, _BAND_ROWS = 20, 4
+_NOT_CONTENT = re.compile(r"[\W\d_]+")
+
+
+def _shingle_hashes(key: str):
+    """Sorted unique 32-bit hashes of the character 5-grams of `key` (one, padded, when it is shorter)."""
+    import numpy as np
+
+    codes = np.frombuffer(key.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(codes) < _SHINGLE:
+        codes = np.concatenate([codes, np.zeros(_SHINGLE - len(codes), dtype=np.uint64)])
+    h = np.zeros(len(codes) - _SHINGLE + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # polynomial hash of each window, modulo 2**64
+        for j in range(_SHINGLE):
+            h = h * np.uint64(0x100000001B3) + codes[j : len(codes) - _SHINGLE + 1 + j]
+    return np.unique(h >> np.uint64(32))
+
+
+def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD) -> tuple[list[list[int]], list[tuple[int, int, float]]]:
+    """(groups of indices into `texts`, each of 2+ near-duplicate texts, in index order; the pairs found,
+    (i, j, Jaccard)). Groups are transitive: a ~ b and b ~ c put a, b and c together."""
+    import numpy as np
+
+    parent = list(range(len(texts)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    pairs = []
+    first_with_key: dict[str, int] = {}  # the same letters: Jaccard 1, no hashing needed
+    distinct = []
+    for i, text in enumerate(texts):
+        key = _NOT_CONTENT.sub("", text.lower())
+        if not key:
+            continue  # no letters at all (a number, a punctuation line): nothing to compare
+        if key in first_with_key:
+            pairs.append((first_with_key[key], i, 1.0))
+            parent[i] = first_with_key[key]
+        else:
+            first_with_key[key] = i
+            distinct.append(i)
+    shingles = {i: _shingle_hashes(_NOT_CONTENT.sub("", texts[i].lower())) for i in distinct}
+
+    rng = np.random.default_rng(0)  # fixed: the same texts always give the same groups
+    n_hashes = _BANDS * _BAND_ROWS
+    a = rng.integers(1, 2**63, n_hashes, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 2**63, n_hashes, dtype=np.uint64)
+    mix = rng.integers(1, 2**63, _BAND_ROWS, dtype=np.uint64) | np.uint64(1)
+    signatures = np.empty((len(distinct), n_hashes), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for row, i in enumerate(distinct):
+            signatures[row] = ((shingles[i][:, None] * a + b) >> np.uint64(32)).min(axis=0)  # multiply-add-shift
+        # One key per band: its 4 minimum hashes mixed into one 64-bit number.
+        band_keys = (signatures.reshape(len(distinct), _BANDS, _BAND_ROWS) * mix).sum(axis=2)
+    order = np.array(distinct)
+    checked = set()
+    for band in range(_BANDS):
+        keys = band_keys[:, band]
+        sort = np.argsort(keys, kind="stable")
+        cuts = np.flatnonzero(np.diff(keys[sort])) + 1
+        for bucket in np.split(sort, cuts):
+            if len(bucket) < 2:
+                continue
+            members = sorted(order[bucket].tolist())
+            for x, i in enumerate(members):
+                for j in members[x + 1 :]:
+                    if (i, j) in checked or find(i) == find(j):
+                        continue
+                    checked.add((i, j))
+                    common = len(np.intersect1d(shingles[i], shingles[j], assume_unique=True))
+                    jaccard = common / (len(shingles[i]) + len(shingles[j]) - common)
+                    if jaccard >= threshold:
+                        pairs.append((i, j, round(jaccard, 3)))
+                        parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(texts)):
+        groups[find(i)].append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0]), sorted(pairs)
+
+
+def split_rows(rows: list[dict], validation_fraction: float, test_fraction: float, seed: int,
+               groups: dict[str, str] | None = None) -> dict[str, list[dict]]:
     """Stratified by primary theme. Order within a class is a seeded hash of the text, so adding
-    paragraphs moves few existing ones between splits. Classes too small to split go to train."""
-    by_class: dict[str, list[dict]] = defaultdict(list)
+    paragraphs moves few existing ones between splits. Classes too small to split go to train.
+    `groups` (row id -> group key, e.g. near-duplicates) keeps each group in one split: a group moves
+    as one unit, filed under the class of its first row; rows without a group are units of one."""
+    units: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_class[row["primary"]].append(row)
+        units[(groups or {}).get(row["id"], row["id"])].append(row)
+    by_class: dict[str, list[list[dict]]] = defaultdict(list)
+    for members in units.values():
+        members.sort(key=lambda r: _stable_key(seed, r["text"]))
+        by_class[members[0]["primary"]].append(members)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for primary in sorted(by_class):
-        members = sorted(by_class[primary], key=lambda r: _stable_key(seed, r["text"]))
-        n = len(members)
+        class_units = sorted(by_class[primary], key=lambda u: _stable_key(seed, u[0]["text"]))
+        n = sum(len(u) for u in class_units)
         n_test = round(n * test_fraction) if n >= 3 else 0
         n_val = round(n * validation_fraction) if n >= 3 else 0
         if n >= 3:
             n_test = max(n_test, 1) if test_fraction > 0 else 0
             n_val = max(n_val, 1) if validation_fraction > 0 else 0
-        splits["test"] += members[:n_test]
-        splits["validation"] += members[n_test : n_test + n_val]
-        splits["train"] += members[n_test + n_val :]
+        taken = {"test": 0, "validation": 0}
+        for unit in class_units:  # with units of one, exactly the first n_test rows, then n_val, then the rest
+            name = ("test" if taken["test"] < n_test else "validation" if taken["validation"] < n_val else "train")
+            if name != "train":
+                taken[name] += len(unit)
+            splits[name] += unit
     for name in SPLITS:
         splits[name].sort(key=lambda r: _stable_key(seed, r["id"]))
     return splits
+
+
+def _group_near_duplicates(rows: list[dict]) -> tuple[dict[str, str], dict]:
+    """Find near-duplicate groups among labelled rows. Returns (row id -> group key, for split_rows; the
+    report). Rows near-duplicating a row with a fixed split (data.tables[].split) join that split."""
+    started = time.perf_counter()
+    groups, pairs = near_duplicates([r["text"] for r in rows])
+    group_of: dict[str, str] = {}
+    joined = across = conflicts = 0
+    for group in groups:
+        members = [rows[i] for i in group]
+        fixed = {r["split"] for r in members if r["split"]}
+        if len(fixed) > 1:
+            across += 1  # the given splits already share this text: reported, not changed
+        elif fixed:
+            for r in members:
+                if not r["split"]:
+                    r["split"] = next(iter(fixed))
+                    joined += 1
+        conflicts += len({r["primary"] for r in members}) > 1
+        for r in members:
+            group_of[r["id"]] = members[0]["id"]
+    examples = [{"a": rows[i]["id"], "b": rows[j]["id"], "jaccard": jac, "a_text": rows[i]["text"][:80],
+                 "b_text": rows[j]["text"][:80]} for i, j, jac in pairs[:5]]
+    report = {
+        "jaccard_threshold": NEAR_DUPLICATE_JACCARD,
+        "groups": len(groups),
+        "paragraphs": sum(len(g) for g in groups),
+        "groups_with_different_primary": conflicts,
+        "joined_a_given_split": joined,
+        "groups_across_given_splits": across,
+        "seconds": round(time.perf_counter() - started, 2),
+        "examples": examples,
+    }
+    return group_of, report
 
 
 def file_sha256(path: Path) -> str:
@@ -483,8 +619,18 @@ def prepare(cfg: Config) -> dict:
         unique.append(row)
     if not unique:
         raise InputError("no labelled paragraphs: data.labels ids match nothing in data.inputs")
+    # Near-copies in train and test would score memory, not understanding: each group stays in one split.
+    group_of, near = _group_near_duplicates(unique)
+    if near["groups"]:
+        example = near["examples"][0]
+        log.info("near-duplicates: %d groups (%d paragraphs), each kept within one split; e.g. %s ~ %s (Jaccard %.2f)",
+                 near["groups"], near["paragraphs"], example["a"], example["b"], example["jaccard"])
+    if near["groups_across_given_splits"]:
+        log.warning("near-duplicates: %d groups span the splits given in data.tables; see prepare_report.json",
+                    near["groups_across_given_splits"])
     fixed = {name: [r for r in unique if r["split"] == name] for name in SPLITS}
-    splits = split_rows([r for r in unique if r["split"] is None], cfg.data.validation_fraction, cfg.data.test_fraction, cfg.seed)
+    splits = split_rows([r for r in unique if r["split"] is None], cfg.data.validation_fraction, cfg.data.test_fraction,
+                        cfg.seed, group_of)
     for name in SPLITS:
         splits[name] = fixed[name] + splits[name]
     seen_in_train = {label for r in splits["train"] for label in [r["primary"], *r["secondary"]]}
@@ -501,6 +647,7 @@ def prepare(cfg: Config) -> dict:
         "labelled": len(unique),
         "labels": schema,
         "dropped": dropped.as_dict(),
+        "near_duplicates": near,
         "splits": {},
     }
     with atomic_dir(out, marker="prepare_report.json") as tmp:  # never replaces a folder prepare did not write

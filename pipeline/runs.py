@@ -4,7 +4,7 @@ leave half a file.
 A run directory (models/<run_name>/) holds:
   model.safetensors, config.json (id2label, label2id, thresholds), tokenizer files,
   config.yaml (resolved config), data.json (hashes of the splits), train_metrics.json,
-  and after `evaluate`: metrics.json, report.md, predictions.jsonl.
+  and after `evaluate`: metrics.json, report.html, report.md, README.md (model card), predictions.jsonl.
 
 While it trains, a run lives in models/<run_name>.partial/ (a fixed name, so a second invocation
 and every process of a distributed run find the same folder):

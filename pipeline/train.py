@@ -117,10 +117,23 @@ def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:
+    """Config keys whose values differ, e.g. ["train.learning_rate: 0.001 then, 0.002 now"]."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for key in sorted(set(old) | set(new), key=str)
                 for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]
+
+
+def _changes(saved: dict | None, now: dict, info: Path) -> str:
+    """What differs between the fingerprint the checkpoints were made from and this run's, in a few words."""
+    if not isinstance(saved, dict):
+        return f"{info} is missing or unreadable"
+    changes = _differences(saved.get("config"), now["config"])
+    changes += [f"the {name} split changed" for name, sha in now["data_sha256"].items()
+                if (saved.get("data_sha256") or {}).get(name) != sha]
+    if saved.get("processes") != now["processes"]:
+        changes.append(f"{saved.get('processes')} processes then, {now['processes']} now")
+    return "; ".join(changes[:3]) + (f"; {len(changes) - 3} more" if len(changes) > 3 else "")
 
 
 def _resume_point(work: Path, fingerprint: dict, resume: bool) -> Path | None:
@@ -134,14 +147,14 @@ def _resume_point(work: Path, fingerprint: dict, resume: bool) -> Path | None:
         except PipelineError:
             saved = None  # killed before resume.json was written: nothing of this folder can be trusted
         if saved != fingerprint:
-            changed = _differences(saved or {}, fingerprint)[:3] if saved else [f"{info} missing or unreadable"]
+            changed = _changes(saved, fingerprint, info)
             if resume:
                 raise PipelineError(
-                    f"--resume: the checkpoints in {work} were made from a different config or data "
-                    f"({'; '.join(changed)}); run with the config and data they were made from, or without --resume to start over"
+                    f"--resume: the checkpoints in {work} were made from a different config or data ({changed}); "
+                    f"run with the config and data they were made from, or without --resume to start over"
                 )
-            if any(runs.checkpoints(work / runs.CHECKPOINTS)):
-                log.warning("%s: checkpoints from a different config or data (%s); starting over", work, "; ".join(changed))
+            if runs.checkpoints(work / runs.CHECKPOINTS):
+                log.warning("%s: checkpoints from a different config or data (%s); starting over", work, changed)
             shutil.rmtree(work)
     for path in runs.discard_incomplete_checkpoints(work / runs.CHECKPOINTS, processes):
         log.warning("%s was not written completely (interrupted); removed it", path)

@@ -13,12 +13,13 @@ def test_run_writes_a_complete_run_directory(tiny_run):
     root, result = tiny_run
     run = root / "models" / "tiny"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "config.yaml",
-                 "data.json", "train_metrics.json", "metrics.json", "report.md", "predictions.jsonl"):
+                 "data.json", "train_metrics.json", "metrics.json", "report.md", "report.html", "README.md",
+                 "predictions.jsonl"):
         assert (run / name).is_file(), name
     assert not (run / "checkpoints").exists()
     assert not list(run.glob("*.bin")), "weights are safetensors only"
     assert os.readlink(root / "models" / "latest") == "tiny"
-    assert "report: models/tiny/report.md" in result.output
+    assert "report: models/tiny/report.html" in result.output
 
 
 def test_label_maps_and_thresholds_travel_in_config_json(tiny_run):
