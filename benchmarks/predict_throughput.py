@@ -29,11 +29,12 @@ from itertools import cycle, islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name -> (engine, quantize) as `pipeline predict` takes them
-    "float": ("torch", None),
-    "int8": ("torch", "int8"),
-    "onnx": ("onnx", None),
-    "onnx-int8": ("onnx", "int8"),
+VARIANTS = {  # name -> (engine, quantize, dtype) as `pipeline predict` takes them
+    "float": ("torch", None, None),
+    "bfloat16": ("torch", None, "bfloat16"),
+    "int8": ("torch", "int8", None),
+    "onnx": ("onnx", None, None),
+    "onnx-int8": ("onnx", "int8", None),
 }
 
 
@@ -41,7 +42,7 @@ def corpus_paragraphs(n: int) -> list[str]:
     """n People's Daily paragraphs (words joined), cycling through the corpus when n exceeds it."""
     from pipeline.data import corpus_lines
 
-    paragraphs = ["".join(words) for _, words in corpus_lines("people_daily_1998")]
+    paragraphs = ["".join(words) for _, words in islice(corpus_lines("people_daily_1998"), n)]
     return list(islice(cycle(paragraphs), n))
 
 
@@ -54,20 +55,26 @@ def write_inputs(path: Path, n: int) -> Path:
 
 def top_agreement(ours: Path, theirs: Path) -> dict:
     """Share of records whose top theme is the same in both prediction files (same order), over all
-    records and over those `pipeline predict` scored in one window."""
+    records and over those `pipeline predict` scored in one window; and the largest score difference."""
     a = [json.loads(line) for line in ours.open(encoding="utf-8")]
     b = [json.loads(line) for line in theirs.open(encoding="utf-8")]
     if len(a) != len(b):
         raise SystemExit(f"{ours} has {len(a)} records, {theirs} has {len(b)}; expected the same inputs")
     same = [x["label"] == y["label"] for x, y in zip(a, b)]
     single = [s for s, x in zip(same, a) if x["windows"] == 1]
-    return {"all": sum(same) / len(same), "one_window": sum(single) / max(len(single), 1), "one_window_records": len(single)}
+    return {
+        "all": sum(same) / len(same),
+        "one_window": sum(single) / max(len(single), 1),
+        "one_window_records": len(single),
+        "max_score_difference": max(abs(x["scores"][t] - y["scores"][t]) for x, y in zip(a, b) for t in x["scores"]),
+    }
 
 
-def _run_pipeline(model: str, inputs: str, output: str, engine: str, quantize: str | None) -> int:
+def _run_pipeline(model: str, inputs: str, output: str, variant: str) -> int:
     from pipeline.predict import predict
 
-    return predict(model, [inputs], output, progress=False, engine=engine, quantize=quantize)["records"]
+    engine, quantize, dtype = VARIANTS[variant]
+    return predict(model, [inputs], output, progress=False, engine=engine, quantize=quantize, dtype=dtype)["records"]
 
 
 def _run_transformers(model: str, inputs: str, output: str) -> int:
@@ -88,21 +95,26 @@ def _run_transformers(model: str, inputs: str, output: str) -> int:
     return len(results)
 
 
-def child(kind: str, model: str, inputs: str, output: str, engine: str, quantize: str | None) -> None:
-    """One measurement, in its own process so that max RSS is this measurement's alone."""
+def child(kind: str, model: str, inputs: str, output: str, variant: str) -> None:
+    """One measurement, in its own process so that max RSS is this measurement's alone. Imports are
+    not timed (seconds of a fixed cost that would blur the rate); loading the model is."""
+    if kind == "transformers":
+        import transformers.pipelines  # noqa: F401
+    else:
+        import pipeline.predict  # noqa: F401
     started = time.perf_counter()
     if kind == "transformers":
         records = _run_transformers(model, inputs, output)
     else:
-        records = _run_pipeline(model, inputs, output, engine, quantize)
+        records = _run_pipeline(model, inputs, output, variant)
     seconds = time.perf_counter() - started
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"records": records, "seconds": seconds, "max_rss_mib": rss_mib}))
 
 
-def measure(kind: str, model: Path, inputs: Path, output: Path, engine: str = "torch", quantize: str | None = None) -> dict:
+def measure(kind: str, model: Path, inputs: Path, output: Path, variant: str = "float") -> dict:
     command = [sys.executable, __file__, "--child", kind, "--model", str(model), "--inputs", str(inputs),
-               "--output", str(output), "--engine", engine] + (["--quantize", quantize] if quantize else [])
+               "--output", str(output), "--variant", variant]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{done.stderr[-2000:]}")
@@ -118,44 +130,48 @@ def medians(runs: list[dict]) -> dict:
     }
 
 
-def benchmark(model: Path, records: int, repeats: int, variants: list[str], scale: int, work: Path) -> dict:
+def benchmark(model: Path, records: int, repeats: int, variants: list[str], scale: int, work: Path,
+              large_repeats: int | None = None) -> dict:
     small, large = write_inputs(work / "small.jsonl", records), write_inputs(work / "large.jsonl", records * scale)
-    folders = {"float": model, "int8": model}
-    if {"onnx", "onnx-int8"} & set(variants):
-        from pipeline.export import export
-
-        for name in {"onnx", "onnx-int8"} & set(variants):
-            folders[name] = export(model, "onnx", VARIANTS[name][1], work / f"export-{name}")["dir"]
+    folders = {}
+    for name in sorted({"onnx", "onnx-int8"} & set(variants)):
+        # In a child process too: on Linux a child's max RSS starts from its parent's at fork time.
+        folders[name] = work / f"export-{name}"
+        quantize = ["--quantize", VARIANTS[name][1]] if VARIANTS[name][1] else []
+        subprocess.run([sys.executable, "-m", "pipeline", "export", str(model), "--format", "onnx", "-o", str(folders[name]),
+                        *quantize], check=True, capture_output=True, cwd=ROOT)
     timings: dict[str, list] = {name: [] for name in ["transformers", *variants]}
     for _ in range(repeats):  # interleaved, so that load from other jobs falls on every variant alike
         timings["transformers"].append(measure("transformers", model, small, work / "transformers.jsonl"))
         for name in variants:
-            engine, quantize = VARIANTS[name]
-            timings[name].append(measure("pipeline", folders[name], small, work / f"{name}.jsonl", engine, quantize))
-    large_runs = [measure("pipeline", model, large, work / "float-large.jsonl") for _ in range(repeats)]
+            timings[name].append(measure("pipeline", folders.get(name, model), small, work / f"{name}.jsonl", name))
+    large_runs = [measure("pipeline", model, large, work / "float-large.jsonl") for _ in range(large_repeats or repeats)]
     result = {name: medians(runs) for name, runs in timings.items()}
     result["float-large"] = medians(large_runs)
     for name in variants:
-        result[name]["agreement"] = top_agreement(work / f"{name}.jsonl", work / "transformers.jsonl")
+        result[name]["vs_transformers"] = top_agreement(work / f"{name}.jsonl", work / "transformers.jsonl")
+        result[name]["vs_float"] = top_agreement(work / f"{name}.jsonl", work / "float.jsonl")
     return result
 
 
 def table(result: dict, variants: list[str]) -> str:
     base = result["transformers"]["rate"]
     lines = [
-        "| engine | records | paragraphs/s (median) | × transformers | peak RSS MiB | identical top theme vs transformers (all / one window) |",
-        "|---|---:|---:|---:|---:|---|",
-        f"| transformers.pipeline (batch 32, truncation) | {result['transformers']['records']} | {base:.0f} | 1.00 | "
-        f"{result['transformers']['max_rss_mib']:.0f} | — |",
+        "| engine | records | paragraphs/s | × transformers | peak RSS MiB | same top as transformers: all / one-window | "
+        "same top as float / max score diff |",
+        "|---|---:|---:|---:|---:|---|---|",
+        f"| transformers.pipeline (batch 32, truncation) | {result['transformers']['records']} | {base:.1f} | 1.00 | "
+        f"{result['transformers']['max_rss_mib']:.0f} | | |",
     ]
     for name in variants:
         r = result[name]
-        a = r["agreement"]
-        lines.append(f"| pipeline predict ({name}) | {r['records']} | {r['rate']:.0f} | {r['rate'] / base:.2f} | "
-                     f"{r['max_rss_mib']:.0f} | {a['all']:.2%} / {a['one_window']:.2%} ({a['one_window_records']}) |")
+        a, f = r["vs_transformers"], r["vs_float"]
+        lines.append(f"| pipeline predict ({name}) | {r['records']} | {r['rate']:.1f} | {r['rate'] / base:.2f} | "
+                     f"{r['max_rss_mib']:.0f} | {a['all']:.2%} / {a['one_window']:.2%} of {a['one_window_records']} | "
+                     f"{f['all']:.2%} / {f['max_score_difference']:.4f} |")
     r = result["float-large"]
-    lines.append(f"| pipeline predict (float), 10x input | {r['records']} | {r['rate']:.0f} | {r['rate'] / base:.2f} | "
-                 f"{r['max_rss_mib']:.0f} | — |")
+    lines.append(f"| pipeline predict (float), {r['records'] // result['float']['records']}x input | {r['records']} | "
+                 f"{r['rate']:.1f} | {r['rate'] / base:.2f} | {r['max_rss_mib']:.0f} | | |")
     return "\n".join(lines)
 
 
@@ -165,16 +181,16 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000, help="paragraphs in the main measurement")
     parser.add_argument("--scale", type=int, default=10, help="the memory check also runs records x scale")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
-    parser.add_argument("--variants", default="float,int8,onnx,onnx-int8", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--large-repeats", type=int, help="runs of the records x scale measurement (default --repeats)")
+    parser.add_argument("--variants", default="float,bfloat16,int8,onnx,onnx-int8", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", choices=["pipeline", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
-    parser.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
-    parser.add_argument("--quantize", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="float", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, str(args.model), args.inputs, args.output, args.engine, args.quantize)
+        return child(args.child, str(args.model), args.inputs, args.output, args.variant)
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"{args.model} is not a run directory; train one (README: Batch inference performance) or pass --model")
     variants = [v for v in args.variants.split(",") if v]
@@ -182,7 +198,7 @@ def main() -> None:
     if unknown or "float" not in variants:
         raise SystemExit(f"--variants expects float plus any of {', '.join(VARIANTS)}, found {args.variants!r}")
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as work:
-        result = benchmark(args.model, args.records, args.repeats, variants, args.scale, Path(work))
+        result = benchmark(args.model, args.records, args.repeats, variants, args.scale, Path(work), args.large_repeats)
     print(table(result, variants))
     small, large = result["float"]["max_rss_mib"], result["float-large"]["max_rss_mib"]
     print(f"\npeak memory of pipeline predict: {small:.0f} MiB at {result['float']['records']} records, "

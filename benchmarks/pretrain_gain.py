@@ -4,7 +4,7 @@ Runs `pipeline cv` twice on configs/default.yaml: fine-tuning the pretrained bas
 architecture randomly initialised. Early stopping is switched off (patience = epochs) so the
 randomly initialised model gets the full budget too. Prints mean ± std per figure side by side.
 
-    python benchmarks/pretrain_gain.py --folds 3
+    python benchmarks/pretrain_gain.py --folds 3 [--epochs 5]
 
 Needs `pipeline prepare configs/default.yaml` first. About 2 × folds fine-tuning runs
 (roughly 5-10 minutes each on a 2-core CPU).
@@ -28,10 +28,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
+    parser.add_argument("--epochs", type=float, default=None, help="Fine-tuning epochs for both arms (default: the config's).")
     args = parser.parse_args()
     arms = {}
     for name in ("pretrained", "random-init"):
-        cfg = load_config(args.config, [f"run_name=gain-{name}"])
+        cfg = load_config(args.config, [f"run_name=gain-{name}"] + ([f"train.epochs={args.epochs}"] if args.epochs else []))
         cfg.train.early_stopping_patience = int(cfg.train.epochs)  # the full budget for both arms
         if name == "pretrained":
             cfg.model.name_or_path = str(pretrain(cfg.pretrain, seed=cfg.seed))

@@ -10,6 +10,7 @@ counts everything that was dropped and why.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -74,32 +75,53 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+# What a wrong guess at the encoding makes of binary data: control characters (not tab or newlines)
+# and private-use code points, which GB18030 assigns to byte pairs that no GBK text uses.
+_NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ue000-\uf8ff\U000f0000-\U0010ffff]")
+
+
 def decode(raw: bytes, source: str) -> str:
-    """UTF-8 (with or without BOM), UTF-16 with BOM, or GBK/GB18030 when it decodes cleanly."""
-    if not raw.strip():
-        raise InputError(f"{source} is empty; expected article text (UTF-8)")
+    """UTF-8 (with or without BOM), UTF-16 with BOM, or GBK/GB18030 when it decodes cleanly to text."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        log.warning("%s: read as UTF-16 (byte-order mark found)", source)
-        return raw.decode("utf-16")
-    if b"\x00" in raw:
-        raise InputError(f"{source} looks binary (NUL bytes found); expected UTF-8 text, e.g. convert with iconv -t UTF-8")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as utf8_error:
         try:
-            text = raw.decode("gb18030")
+            text = raw.decode("utf-16")
         except UnicodeDecodeError:
-            raise InputError(
-                f"{source} is not UTF-8 (bad byte at offset {utf8_error.start}) nor GBK; "
-                f"convert it with iconv -f <encoding> -t UTF-8"
-            ) from None
-        log.warning("%s: not UTF-8, read as GBK (GB18030)", source)
-        return text
+            raise InputError(f"{source} starts with a UTF-16 byte-order mark but is not UTF-16; "
+                             f"convert it with iconv -f <encoding> -t UTF-8") from None
+        log.warning("%s: read as UTF-16 (byte-order mark found)", source)
+    elif b"\x00" in raw:
+        for name, iconv_name in (("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE")):
+            try:
+                if not _NOT_TEXT.search(raw.decode(name)):
+                    raise InputError(f"{source} looks like {iconv_name} text without a byte-order mark; "
+                                     f"expected UTF-8: convert it with iconv -f {iconv_name} -t UTF-8")
+            except UnicodeDecodeError:
+                pass
+        raise InputError(f"{source} looks binary (NUL bytes found); expected UTF-8 text, e.g. convert with iconv -t UTF-8")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as utf8_error:
+            try:
+                text = raw.decode("gb18030")
+                if _NOT_TEXT.search(text):
+                    raise UnicodeDecodeError("gb18030", raw, 0, 1, "decodes to control or private-use characters")
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"{source} is not UTF-8 (bad byte at offset {utf8_error.start}) nor GBK; "
+                    f"convert it with iconv -f <encoding> -t UTF-8"
+                ) from None
+            log.warning("%s: not UTF-8, read as GBK (GB18030)", source)
+    if not text.strip():
+        raise InputError(f"{source} is empty; expected article text (UTF-8)")
+    return text
 
 
 def read_text(path: Path) -> str:
     try:
         return decode(path.read_bytes(), str(path))
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; expected a file") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}; check the path and permissions") from None
 
@@ -218,18 +240,39 @@ def read_jsonl_records(lines: Iterable[str], source: str, stem: str) -> Iterator
 
 
 def _read_stream_lines(path: Path) -> Iterator[str]:
-    """Stream a JSONL file line by line, decoding each line (UTF-8, BOM tolerated)."""
+    """Stream a JSONL file line by line: UTF-8 (BOM tolerated), or UTF-16 with a byte-order mark."""
     try:
         with path.open("rb") as handle:
+            head = handle.peek(8192)
+            if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                log.warning("%s: read as UTF-16 (byte-order mark found)", path)
+                try:
+                    yield from io.TextIOWrapper(handle, encoding="utf-16", newline=None)
+                except UnicodeDecodeError:
+                    raise InputError(f"{path} starts with a UTF-16 byte-order mark but is not UTF-16; "
+                                     f"convert it with iconv -f <encoding> -t UTF-8") from None
+                return
+            if b"\x00" in head:
+                raise InputError(f"{path} looks binary (NUL bytes found); expected UTF-8 JSON lines, e.g. convert with iconv -t UTF-8")
             for number, raw in enumerate(handle, 1):
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
+                if b"\x00" in raw:
+                    raise InputError(f"{path}:{number}: NUL bytes found (binary, or UTF-16 without a byte-order mark); "
+                                     f"expected UTF-8 JSON lines: convert the file with iconv -t UTF-8")
                 try:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise InputError(f"{path}:{number}: not UTF-8; convert the file with iconv -t UTF-8") from None
+                    try:  # a line that reads as JSON in GBK: say so
+                        as_gbk = raw.decode("gb18030")
+                        gbk = as_gbk.lstrip().startswith("{") and not _NOT_TEXT.search(as_gbk)
+                    except UnicodeDecodeError:
+                        gbk = False
+                    hint = ("it looks like GBK: convert the file with iconv -f GBK -t UTF-8" if gbk
+                            else "expected UTF-8 JSON lines: convert the file with iconv -f <encoding> -t UTF-8")
+                    raise InputError(f"{path}:{number}: not UTF-8; {hint}") from None
     except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}; check the path and permissions") from None
 
 
 def read_paragraphs(inputs: list[str], min_chars: int, dropped: Dropped) -> Iterator[Paragraph]:
@@ -264,6 +307,10 @@ def read_labels(paths: list[str], theme_ids: list[str] | None) -> dict[str, dict
             if not isinstance(row, dict) or "id" not in row or "primary" not in row:
                 raise InputError(f'{where}: expected an object with "id" and "primary", found {json.dumps(row, ensure_ascii=False)[:60]}')
             secondary = row.get("secondary") or []
+            if not isinstance(row["primary"], str) or not isinstance(secondary, list) or not all(isinstance(t, str) for t in secondary):
+                raise InputError(f'{where}: expected "primary" a theme id and "secondary" a list of theme ids, found '
+                                 f'primary {json.dumps(row["primary"], ensure_ascii=False)} and secondary '
+                                 f'{json.dumps(row.get("secondary"), ensure_ascii=False)}; fix that line')
             for theme in [row["primary"], *secondary]:
                 if allowed is not None and theme not in allowed:
                     raise InputError(
@@ -422,6 +469,8 @@ def _shingle_hashes(key: str):
     with np.errstate(over="ignore"):  # polynomial hash of each window, modulo 2**64
         for j in range(_SHINGLE):
             h = h * np.uint64(0x100000001B3) + codes[j : len(codes) - _SHINGLE + 1 + j]
+        for shift, multiplier in ((33, 0xFF51AFD7ED558CCD), (33, 0xC4CEB9FE1A85EC53)):  # murmur3's finaliser:
+            h = (h ^ (h >> np.uint64(shift))) * np.uint64(multiplier)  # every character reaches the top 32 bits
     return np.unique(h >> np.uint64(32))
 
 
@@ -440,7 +489,7 @@ def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD)
 
     pairs = []
     first_with_key: dict[str, int] = {}  # the same letters: Jaccard 1, no hashing needed
-    distinct = []
+    shingles = {}
     for i, text in enumerate(texts):
         key = _NOT_CONTENT.sub("", text.lower())
         if not key:
@@ -450,8 +499,8 @@ def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD)
             parent[i] = first_with_key[key]
         else:
             first_with_key[key] = i
-            distinct.append(i)
-    shingles = {i: _shingle_hashes(_NOT_CONTENT.sub("", texts[i].lower())) for i in distinct}
+            shingles[i] = _shingle_hashes(key)
+    distinct = list(shingles)
 
     rng = np.random.default_rng(0)  # fixed: the same texts always give the same groups
     n_hashes = _BANDS * _BAND_ROWS
@@ -467,13 +516,12 @@ def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD)
     order = np.array(distinct)
     checked = set()
     for band in range(_BANDS):
-        keys = band_keys[:, band]
-        sort = np.argsort(keys, kind="stable")
-        cuts = np.flatnonzero(np.diff(keys[sort])) + 1
-        for bucket in np.split(sort, cuts):
-            if len(bucket) < 2:
-                continue
-            members = sorted(order[bucket].tolist())
+        sort = np.argsort(band_keys[:, band], kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(band_keys[sort, band]) != 0, True])
+        for start, end in zip(starts[:-1], starts[1:]):
+            if end - start < 2:
+                continue  # most buckets: one text
+            members = sorted(order[sort[start:end]].tolist())
             for x, i in enumerate(members):
                 for j in members[x + 1 :]:
                     if (i, j) in checked or find(i) == find(j):
@@ -495,7 +543,8 @@ def split_rows(rows: list[dict], validation_fraction: float, test_fraction: floa
     """Stratified by primary theme. Order within a class is a seeded hash of the text, so adding
     paragraphs moves few existing ones between splits. Classes too small to split go to train.
     `groups` (row id -> group key, e.g. near-duplicates) keeps each group in one split: a group moves
-    as one unit, filed under the class of its first row; rows without a group are units of one."""
+    as one unit, filed under the class of its first row; rows without a group are units of one. A
+    class's last unit stays in train when train has none of the class yet."""
     units: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         units[(groups or {}).get(row["id"], row["id"])].append(row)
@@ -512,34 +561,44 @@ def split_rows(rows: list[dict], validation_fraction: float, test_fraction: floa
         if n >= 3:
             n_test = max(n_test, 1) if test_fraction > 0 else 0
             n_val = max(n_val, 1) if validation_fraction > 0 else 0
-        taken = {"test": 0, "validation": 0}
-        for unit in class_units:  # with units of one, exactly the first n_test rows, then n_val, then the rest
+        taken = {"test": 0, "validation": 0, "train": 0}
+        for k, unit in enumerate(class_units):  # units of one: the first n_test rows, then n_val, then the rest
             name = ("test" if taken["test"] < n_test else "validation" if taken["validation"] < n_val else "train")
-            if name != "train":
-                taken[name] += len(unit)
+            if k == len(class_units) - 1 and not taken["train"]:
+                name = "train"  # never reached by units of one: n >= 3 leaves train at least one row
+            taken[name] += len(unit)
             splits[name] += unit
     for name in SPLITS:
         splits[name].sort(key=lambda r: _stable_key(seed, r["id"]))
     return splits
 
 
-def _group_near_duplicates(rows: list[dict]) -> tuple[dict[str, str], dict]:
-    """Find near-duplicate groups among labelled rows. Returns (row id -> group key, for split_rows; the
-    report). Rows near-duplicating a row with a fixed split (data.tables[].split) join that split."""
+def _group_near_duplicates(rows: list[dict], dropped: Dropped) -> tuple[list[dict], dict[str, str], dict]:
+    """Find near-duplicate groups among labelled rows. Returns (the rows kept, row id -> group key for
+    split_rows, the report). A group touching a split given in data.tables keeps it whole: its other rows
+    join that split if it is train, and are dropped (and counted) if it is validation or test, which
+    stay as published."""
     started = time.perf_counter()
     groups, pairs = near_duplicates([r["text"] for r in rows])
     group_of: dict[str, str] = {}
+    drop: set[int] = set()
     joined = across = conflicts = 0
     for group in groups:
         members = [rows[i] for i in group]
-        fixed = {r["split"] for r in members if r["split"]}
-        if len(fixed) > 1:
+        given = {r["split"] for r in members if r["split"]}
+        if len(given) > 1:
             across += 1  # the given splits already share this text: reported, not changed
-        elif fixed:
+        elif given == {"train"}:
             for r in members:
-                if not r["split"]:
-                    r["split"] = next(iter(fixed))
-                    joined += 1
+                joined += not r["split"]
+                r["split"] = "train"
+        elif given:
+            anchor = next(r for r in members if r["split"])
+            for i in group:
+                if not rows[i]["split"]:
+                    drop.add(i)
+                    dropped.add("near_duplicate_of_given_split", rows[i]["text"],
+                                f"{rows[i]['id']} (near-copy of {anchor['id']} in the given {anchor['split']} split)")
         conflicts += len({r["primary"] for r in members}) > 1
         for r in members:
             group_of[r["id"]] = members[0]["id"]
@@ -550,12 +609,13 @@ def _group_near_duplicates(rows: list[dict]) -> tuple[dict[str, str], dict]:
         "groups": len(groups),
         "paragraphs": sum(len(g) for g in groups),
         "groups_with_different_primary": conflicts,
-        "joined_a_given_split": joined,
+        "joined_given_train_split": joined,
+        "dropped_as_copies_of_given_evaluation_split": len(drop),
         "groups_across_given_splits": across,
         "seconds": round(time.perf_counter() - started, 2),
         "examples": examples,
     }
-    return group_of, report
+    return [r for i, r in enumerate(rows) if i not in drop], group_of, report
 
 
 def file_sha256(path: Path) -> str:
@@ -620,7 +680,7 @@ def prepare(cfg: Config) -> dict:
     if not unique:
         raise InputError("no labelled paragraphs: data.labels ids match nothing in data.inputs")
     # Near-copies in train and test would score memory, not understanding: each group stays in one split.
-    group_of, near = _group_near_duplicates(unique)
+    unique, group_of, near = _group_near_duplicates(unique, dropped)
     if near["groups"]:
         example = near["examples"][0]
         log.info("near-duplicates: %d groups (%d paragraphs), each kept within one split; e.g. %s ~ %s (Jaccard %.2f)",
@@ -638,7 +698,10 @@ def prepare(cfg: Config) -> dict:
         for row in splits[name]:
             missing = [label for label in [row["primary"], *row["secondary"]] if label not in seen_in_train and label != NONE]
             if missing:
-                raise InputError(f"{row['where']}: label {missing[0]!r} appears in {name} but never in train; "
+                grouped = (f" ({near['groups']} groups of near-duplicate paragraphs were each kept within one split, "
+                           f"{near['dropped_as_copies_of_given_evaluation_split']} dropped as copies of a given split)"
+                           if near["groups"] else "")
+                raise InputError(f"{row['where']}: label {missing[0]!r} appears in {name} but never in train{grouped}; "
                                  f"add training examples of it or drop it from the data")
     out = Path(cfg.data.output_dir)
     report = {

@@ -100,11 +100,14 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
         model.config.save_pretrained(tmp)
         shutil.copy(run_dir / runs.RESOLVED_CONFIG, tmp / runs.RESOLVED_CONFIG)
         if fmt == "onnx":
-            float_path = tmp / ("model-float.onnx" if quantize else ONNX_FILE)
-            _export_onnx(model, float_path, tokenizer.model_max_length)
+            float_path = _fresh_float_export(run_dir) if quantize else None
+            if float_path is None:
+                float_path = tmp / ("model-float.onnx" if quantize else ONNX_FILE)
+                _export_onnx(model, float_path, tokenizer.model_max_length)
             if quantize:
                 _quantize_onnx(float_path, tmp / ONNX_FILE)
-                float_path.unlink()
+                if float_path.parent == tmp:
+                    float_path.unlink()
             info["opset"] = _opset(tmp / ONNX_FILE)
         else:
             shutil.copy(run_dir / runs.WEIGHTS, tmp / runs.WEIGHTS)
@@ -113,6 +116,14 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
             info["parity"] = parity(run_dir, tmp, check)
             runs.write_json(tmp / EXPORT_INFO, info)
     return {"dir": out, **info}
+
+
+def _fresh_float_export(run_dir: Path) -> Path | None:
+    """The run's float ONNX export when it is newer than the weights: quantising it saves exporting again."""
+    path = default_dir(run_dir, "onnx", None) / ONNX_FILE
+    if path.is_file() and path.stat().st_mtime >= (run_dir / runs.WEIGHTS).stat().st_mtime:
+        return path
+    return None
 
 
 def _opset(path: Path) -> int:

@@ -275,9 +275,10 @@ class Scorer(NamedTuple):
     engine: str  # "torch" or "onnx", with "-int8" when quantised
 
 
-def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | None = None) -> Scorer:
-    """A Scorer from a run directory (float weights, int8-quantised on request) or from an export folder
-    written by `pipeline export` (ONNX, or torch weights quantised as its export.json says)."""
+def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | None = None, dtype: str | None = None) -> Scorer:
+    """A Scorer from a run directory (float32 weights; int8-quantised, or cast to `dtype` such as
+    bfloat16, on request) or from an export folder written by `pipeline export` (ONNX, or torch
+    weights quantised as its export.json says)."""
     import json
 
     import torch
@@ -296,7 +297,12 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
     tokenizer, model = load_run(model_dir)
     if info["quantize"]:
         model = quantize_int8(model)
-    elif torch.cuda.is_available():
+    if dtype:
+        # bfloat16 runs on CPUs with AMX or AVX512-BF16 several times faster than float32 (and on GPUs);
+        # elsewhere it is emulated and slower. Scores then differ from float32 in the third decimal.
+        model = model.to(getattr(torch, dtype))
+        engine += f"-{dtype}"
+    if not info["quantize"] and torch.cuda.is_available():
         import os
 
         # One process per GPU under torchrun/accelerate: each takes the GPU of its local rank.

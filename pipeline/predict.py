@@ -32,13 +32,13 @@ import numpy as np
 from pipeline import runs
 from pipeline.data import ARTICLE_SUFFIXES, Dropped, Paragraph, clean_article, decode, read_jsonl_records, read_paragraphs
 from pipeline.errors import InputError, PipelineError
-from pipeline.metrics import decide
 from pipeline.model import EXPORT_INFO, cpu_count, encode_windows, load_scorer, score_windows
 
 CHUNK = 512  # records read and tokenised together: big enough to sort by length, small enough to stream
 MAIN_SHARE = 0.25  # a theme carried by at least this share of an article's paragraphs is one of its main themes
 ENGINES = ("auto", "torch", "onnx")
 QUANTIZE = (None, "int8")
+DTYPES = (None, "float32", "bfloat16")
 
 
 def _stdin_paragraphs(min_chars: int, dropped: Dropped) -> Iterator[Paragraph]:
@@ -96,19 +96,23 @@ def shard_records(records: Iterator[Paragraph], index: int, count: int) -> Itera
     return islice(records, index, None, count) if count > 1 else records
 
 
-def resolve_model(model_dir: str | Path, engine: str, quantize: str | None) -> Path:
+def resolve_model(model_dir: str | Path, engine: str, quantize: str | None, dtype: str | None = None) -> Path:
     """The folder to load: the given one, or for engine=onnx on a run directory its ONNX export."""
     if engine not in ENGINES:
         raise PipelineError(f"--engine expects one of {', '.join(ENGINES)}, found {engine!r}")
     if quantize not in QUANTIZE:
         raise PipelineError(f"--quantize expects int8, found {quantize!r}")
+    if dtype not in DTYPES:
+        raise PipelineError(f"--dtype expects float32 or bfloat16, found {dtype!r}")
+    if dtype == "bfloat16" and (quantize or engine == "onnx"):
+        raise PipelineError("--dtype bfloat16 applies to the float torch model; drop it or drop --quantize/--engine onnx")
     model_dir = Path(model_dir)
     if (model_dir / EXPORT_INFO).is_file():
         info = runs.read_json(model_dir / EXPORT_INFO)
-        if engine not in ("auto", info["format"]) or (quantize and quantize != info["quantize"]):
+        if engine not in ("auto", info["format"]) or (quantize and quantize != info["quantize"]) or dtype == "bfloat16":
             raise PipelineError(
                 f"{model_dir} is a {info['format']} export (quantize: {info['quantize']}), which does not match "
-                f"--engine {engine} --quantize {quantize}; drop those options or pass the run directory"
+                f"--engine {engine} --quantize {quantize} --dtype {dtype}; drop those options or pass the run directory"
             )
         for name in (runs.MODEL_CONFIG, runs.RESOLVED_CONFIG):
             if not (model_dir / name).is_file():
@@ -150,6 +154,21 @@ def _estimate_total(inputs: list[str]) -> int | None:
         with path.open("rb") as handle:
             total += sum(1 for line in handle if line.strip())
     return total
+
+
+def decide(probs: np.ndarray, theme_ids: list[str], thresholds: dict[str, float] | None):
+    """(top theme per row, themes at or above their threshold per row, strongest first); without
+    thresholds (single-label) labels = [top]. The rule of pipeline.metrics.decide, kept here because
+    importing metrics loads scikit-learn and pandas, 180 MB that inference does not need."""
+    top = [theme_ids[i] for i in probs.argmax(axis=1)]
+    if thresholds is None:
+        return top, [[t] for t in top]
+    cut = np.array([thresholds[t] for t in theme_ids])
+    labels = []
+    for row in probs:
+        above = np.flatnonzero(row >= cut)
+        labels.append([theme_ids[j] for j in above[np.argsort(-row[above], kind="stable")]])
+    return top, labels
 
 
 class _Writer:
@@ -241,6 +260,7 @@ def predict(
     shard: str | None = None,
     engine: str = "auto",
     quantize: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Classify every paragraph of `inputs` (this shard's share of them); returns counts and speed."""
     from tqdm.auto import tqdm
@@ -250,14 +270,14 @@ def predict(
     if not inputs:
         raise InputError("no input given; pass article files, folders, .jsonl files or - for stdin")
     shard_at = parse_shard(shard)
-    model_dir = resolve_model(run_dir, engine, quantize)
+    model_dir = resolve_model(run_dir, engine, quantize, dtype)
+    if summary == "-":
+        raise PipelineError("--summary expects a file name, found -; stdout is for the records")
     output_path, summary_path = _output_path(output, shard_at, "--output"), _output_path(summary, shard_at, "--summary")
-    if output_path is None and summary_path is not None and summary_path == Path("-"):
-        raise PipelineError("--summary needs a file name; records already go to stdout")
     from pipeline.config import load_config
 
     min_chars = load_config(model_dir / runs.RESOLVED_CONFIG).data.min_chars
-    scorer = load_scorer(model_dir, quantize, threads=_threads(shard_at[1]))
+    scorer = load_scorer(model_dir, quantize, threads=_threads(shard_at[1]), dtype=None if dtype == "float32" else dtype)
     config = scorer.config
     theme_ids = [config.id2label[i] for i in range(config.num_labels)]
     thresholds = getattr(config, "theme_thresholds", None)
@@ -274,7 +294,7 @@ def predict(
         return None if chunk is None else (chunk, *encode_windows(scorer.tokenizer, [p.text for p in chunk]))
 
     counts = {"records": 0, "windows": 0, "multi_window_records": 0, "shard": f"{shard_at[0]}/{shard_at[1]}",
-              "engine": scorer.engine}
+              "engine": scorer.engine, "output": str(output_path) if output_path else None}
     show = sys.stderr.isatty() if progress is None else progress
     total = _estimate_total(inputs) if show else None
     if total is not None:

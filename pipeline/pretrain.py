@@ -114,10 +114,9 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
     work = final.with_name(final.name + ".partial")
     if force:
         shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     started = time.time()
-    paragraphs = read_corpus(cfg.corpus)
+    paragraphs = read_corpus(cfg.corpus)  # read (and fail on bad input) before creating any folder
     excluded = _labelled_texts(cfg.exclude)
     kept = [p for p in paragraphs if p.replace(" ", "") not in excluded]
     train_paras, heldout_paras, duplicates = dedupe_and_split(kept, cfg.heldout_fraction, seed)
@@ -136,6 +135,7 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
             f"pretrain corpus too small: {len(train_ds)} training and {len(heldout_ds)} held-out blocks of "
             f"{cfg.max_length} tokens; add text or lower pretrain.max_length"
         )
+    work.mkdir(parents=True, exist_ok=True)
     collator = DataCollatorForLanguageModeling(
         tokenizer, mlm_probability=cfg.mlm_probability, whole_word_mask=cfg.whole_word_masking, seed=seed
     )

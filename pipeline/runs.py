@@ -157,8 +157,8 @@ def publish_dir(staged: Path, final: Path) -> None:
 
 
 def _write_error(final: Path, e: OSError) -> PipelineError:
-    where = e.filename or final
-    return PipelineError(f"could not write {where}: {e.strerror or e}; free space or fix permissions, or choose another output")
+    # Name what the user asked for, not the temporary name the error happened on.
+    return PipelineError(f"could not write {final}: {e.strerror or e}; free space or fix permissions, or choose another output")
 
 
 @contextmanager
@@ -187,12 +187,13 @@ def atomic_dir(final: Path, marker: str | None = None) -> Iterator[Path]:
 @contextmanager
 def atomic_file(final: Path, mode: str = "w") -> Iterator:
     """Open a temporary sibling of `final` for writing; rename over `final` only if the block succeeds.
-    A device, pipe or socket (/dev/stdout, a FIFO) is written directly: it cannot be replaced by a file."""
+    A device, pipe or link (/dev/stdout, /dev/full, a FIFO) is written through: renaming a file over it
+    would replace the device or link itself."""
     final = Path(final)
     encoding = None if "b" in mode else "utf-8"
     if final.is_dir():
         raise PipelineError(f"output {final} is a folder; expected a file name, e.g. {final / 'predictions.jsonl'}")
-    if final.exists() and not final.is_file():
+    if final.is_symlink() or (final.exists() and not final.is_file()):
         try:
             with open(final, mode, encoding=encoding) as handle:
                 yield handle

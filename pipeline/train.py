@@ -200,6 +200,8 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
     resolve_schema(cfg, data_dir)
     theme_ids = cfg.theme_ids
     models_dir = Path(cfg.train.output_dir)
+    if models_dir.exists() and not models_dir.is_dir():
+        raise ConfigError(f"train.output_dir {models_dir} is a file; expected a folder for runs: choose another")
     final = models_dir / cfg.run_name
     work = runs.partial_dir(final)
     runs.check_replaceable(final, runs.RESOLVED_CONFIG)
@@ -217,6 +219,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
         save_strategy="epoch",
         save_total_limit=1,  # plus the best one, which the Trainer keeps for load_best_model_at_end
         load_best_model_at_end=True,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience count continues on resume
         metric_for_best_model="macro_f1",
         greater_is_better=True,
         logging_strategy="epoch",

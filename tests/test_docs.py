@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, invoke
 
-COMMANDS = ["prepare", "pretrain", "train", "evaluate", "predict", "run", "cv", "compare", "report-screenshot"]
+COMMANDS = ["prepare", "pretrain", "train", "evaluate", "predict", "run", "cv", "compare", "report-screenshot", "export"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -51,6 +51,7 @@ def test_onnx_export_writes_a_folder_and_reports_parity(run_copy, tmp_path):
 
 
 def test_onnx_int8_export_parity(run_copy, tmp_path):
+    # Quantises the float export of the test above when it ran (a fresh export-onnx is reused).
     from pipeline.export import export
 
     root, run = run_copy

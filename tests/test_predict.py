@@ -208,3 +208,17 @@ def test_int8_quantisation_matches_the_float_model(tiny_run, tmp_path):
     a, b = _records(float_out), _records(int8_out)
     assert sum(x["label"] == y["label"] for x, y in zip(a, b)) / len(a) >= 0.95
     assert max(abs(x["scores"][t] - y["scores"][t]) for x, y in zip(a, b) for t in THEMES) < 0.02
+
+
+def test_decide_follows_the_metrics_rule():
+    import numpy as np
+
+    from pipeline import metrics
+    from pipeline.predict import decide
+
+    themes = ["economy", "renewal", "culture"]
+    probs = np.array([[0.9, 0.6, 0.1], [0.2, 0.3, 0.4], [0.5, 0.7, 0.7], [0.1, 0.1, 0.1]])
+    thresholds = {"economy": 0.5, "renewal": 0.5, "culture": 0.3}
+    assert decide(probs, themes, thresholds) == metrics.decide(probs, themes, thresholds)
+    assert decide(probs, themes, thresholds)[1] == [["economy", "renewal"], ["culture"], ["renewal", "culture", "economy"], []]
+    assert decide(probs, themes, None) == metrics.decide(probs, themes, None)

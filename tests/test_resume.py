@@ -27,56 +27,65 @@ def _one_thread(*args):
         torch.set_num_threads(threads)
 
 
-def _kill_after_first_checkpoint(run_name: str) -> None:
-    """`pipeline train` in a subprocess, killed with SIGKILL as soon as a complete checkpoint exists."""
-    command = [sys.executable, "-m", "pipeline", "train", "configs/tiny.yaml", "--set", f"run_name={run_name}",
-               "--set", "train.save_steps=1"]  # tiny: 2 steps an epoch; step 1 is checkpointed mid-epoch
+# tiny: 2 steps an epoch. 4 epochs with patience 2 and a validation macro-F1 that does not improve:
+# early stopping's count matters. Checkpoints at each epoch end and at step 5, in the middle of epoch 3.
+RUN = ("--set", "train.epochs=4", "--set", "train.early_stopping_patience=2")
+
+
+def _kill_after_checkpoint(run_name: str, step: int) -> Path:
+    """`pipeline train` in a subprocess, killed with SIGKILL as soon as a complete checkpoint of `step`
+    or later exists; returns that checkpoint."""
+    command = [sys.executable, "-m", "pipeline", "train", "configs/tiny.yaml", "--set", f"run_name={run_name}", *RUN,
+               "--set", f"train.save_steps={step}"]
     proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     checkpoints = Path(f"models/{run_name}.partial/checkpoints")
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
-        if runs.last_checkpoint(checkpoints) is not None:
+        last = runs.last_checkpoint(checkpoints)
+        if last is not None and int(last.name.split("-")[1]) >= step:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    return runs.last_checkpoint(checkpoints)
 
 
 def test_killed_run_resumes_to_the_same_model(project):
     assert invoke("prepare", "configs/tiny.yaml").exit_code == 0
-    whole = _one_thread("train", "configs/tiny.yaml", "--set", "run_name=whole")
+    whole = _one_thread("train", "configs/tiny.yaml", "--set", "run_name=whole", *RUN)
     assert whole.exit_code == 0, whole.output
 
-    _kill_after_first_checkpoint("resumed")
+    checkpoint = _kill_after_checkpoint("resumed", 5)
     assert not Path("models/resumed").exists()
     assert os.readlink("models/latest") == "whole", "latest only ever points at a complete run"
-    checkpoint = runs.last_checkpoint(Path("models/resumed.partial/checkpoints"))
-    assert checkpoint.name == "checkpoint-1"
     assert not (checkpoint / "training_args.bin").exists(), "no pickles in checkpoints"
     # A checkpoint cut short by the kill: skipped and removed, never resumed from.
-    (checkpoint.parent / "checkpoint-2").mkdir(exist_ok=True)
-    (checkpoint.parent / "checkpoint-2" / runs.WEIGHTS).write_bytes(b"half a file")
+    half = checkpoint.parent / "checkpoint-99"
+    half.mkdir()
+    (half / runs.WEIGHTS).write_bytes(b"half a file")
 
-    changed = invoke("train", "configs/tiny.yaml", "--set", "run_name=resumed", "--set", "train.learning_rate=0.002", "--resume")
+    changed = invoke("train", "configs/tiny.yaml", "--set", "run_name=resumed", *RUN, "--set", "train.learning_rate=0.002",
+                     "--resume")
     assert changed.exit_code == 2
     assert "--resume: the checkpoints in models/resumed.partial were made from a different config or data " \
            "(train.learning_rate: 0.001 then, 0.002 now)" in changed.output
 
-    resumed = _one_thread("train", "configs/tiny.yaml", "--set", "run_name=resumed", "--resume")
+    resumed = _one_thread("train", "configs/tiny.yaml", "--set", "run_name=resumed", *RUN, "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert "models/resumed.partial/checkpoints/checkpoint-2 was not written completely" in resumed.output
-    assert "resuming from models/resumed.partial/checkpoints/checkpoint-1 (step 1)" in resumed.output
+    assert f"{half} was not written completely" in resumed.output
+    step = int(checkpoint.name.split("-")[1])
+    assert f"resuming from {checkpoint} (step {step})" in resumed.output
     assert os.readlink("models/latest") == "resumed"
     assert not Path("models/resumed.partial").exists()
 
     a, b = (json.loads(Path(f"models/{r}/train_metrics.json").read_text()) for r in ("whole", "resumed"))
-    assert (a["resumed_from_step"], b["resumed_from_step"]) == (None, 1)
+    assert (a["resumed_from_step"], b["resumed_from_step"]) == (None, step)
     for key in ("epochs_run", "best_validation_macro_f1", "validation_history", "thresholds"):
         assert a[key] == b[key], key
-    # Model, optimizer, scheduler, RNG states and the data sampler's position are all restored: the
-    # same float operations in the same order, so the same weights (1e-6 allows for a different BLAS).
+    # Model, optimizer, scheduler, RNG states, the data sampler's position and early stopping's count are
+    # all restored: the same float operations in the same order, so the same weights (1e-6: another BLAS).
     wa, wb = load_file("models/whole/model.safetensors"), load_file("models/resumed/model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
 
