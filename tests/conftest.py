@@ -13,6 +13,12 @@ from pipeline.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The tests' models are tiny (hidden 32): one thread does their matrix work with no pool to wake,
+# and on a 2-core machine shared with other jobs it runs the suite about 3x faster than two.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 def copy_project(dest: Path) -> Path:
     shutil.copytree(ROOT / "configs", dest / "configs")
