@@ -295,7 +295,9 @@ def read_paragraphs(inputs: list[str], min_chars: int, dropped: Dropped) -> Iter
 
 
 def read_labels(paths: list[str], theme_ids: list[str] | None) -> dict[str, dict]:
-    """id → {primary, secondary, text, where}. Unknown themes and malformed rows name file and line."""
+    """id → {primary, secondary, split, text, where}. Unknown themes and malformed rows name file and line.
+    An optional "split" (train, validation or test) pins the row to that split, so that a test split stays
+    the same paragraphs while the corpus grows."""
     allowed = set(theme_ids) | {NONE} if theme_ids is not None else None
     labels: dict[str, dict] = {}
     for spec in paths:
@@ -319,11 +321,15 @@ def read_labels(paths: list[str], theme_ids: list[str] | None) -> dict[str, dict
                     )
             if row["primary"] == NONE and secondary:
                 raise InputError(f"{where}: primary is none but secondary themes are set; expected an empty secondary list")
+            if row.get("split") not in (None, *SPLITS):
+                raise InputError(f'{where}: "split" is {json.dumps(row["split"], ensure_ascii=False)}; expected one of '
+                                 f'{", ".join(SPLITS)}, or no "split" to let prepare choose')
             if str(row["id"]) in labels:
                 raise InputError(f"{where}: id {row['id']} is labelled twice (first at {labels[str(row['id'])]['where']}); keep one row")
             labels[str(row["id"])] = {
                 "primary": row["primary"],
                 "secondary": [t for t in secondary if t != row["primary"]],
+                "split": row.get("split"),
                 "text": row.get("text"),
                 "where": where,
             }
@@ -575,9 +581,9 @@ def split_rows(rows: list[dict], validation_fraction: float, test_fraction: floa
 
 def _group_near_duplicates(rows: list[dict], dropped: Dropped) -> tuple[list[dict], dict[str, str], dict]:
     """Find near-duplicate groups among labelled rows. Returns (the rows kept, row id -> group key for
-    split_rows, the report). A group touching a split given in data.tables keeps it whole: its other rows
-    join that split if it is train, and are dropped (and counted) if it is validation or test, which
-    stay as published."""
+    split_rows, the report). A group touching a split given in data.tables, or pinned by a label row's
+    "split", keeps it whole: its other rows join that split if it is train, and are dropped (and
+    counted) if it is validation or test, which stay as given."""
     started = time.perf_counter()
     groups, pairs = near_duplicates([r["text"] for r in rows])
     group_of: dict[str, str] = {}
@@ -639,8 +645,8 @@ def _article_rows(cfg: Config, labels: dict[str, dict], dropped: Dropped) -> tup
                 f"{label['where']}: text differs from paragraph {para.id} in the inputs; "
                 f"the source changed since labelling: relabel that paragraph"
             )
-        rows.append({**para.as_dict(), "primary": label["primary"], "secondary": label["secondary"], "split": None,
-                     "where": label["where"]})
+        rows.append({**para.as_dict(), "primary": label["primary"], "secondary": label["secondary"],
+                     "split": label["split"], "where": label["where"]})
     orphans = [lab["where"] for lid, lab in labels.items() if lid not in matched]
     if orphans:
         raise InputError(
@@ -686,7 +692,7 @@ def prepare(cfg: Config) -> dict:
         log.info("near-duplicates: %d groups (%d paragraphs), each kept within one split; e.g. %s ~ %s (Jaccard %.2f)",
                  near["groups"], near["paragraphs"], example["a"], example["b"], example["jaccard"])
     if near["groups_across_given_splits"]:
-        log.warning("near-duplicates: %d groups span the splits given in data.tables; see prepare_report.json",
+        log.warning("near-duplicates: %d groups span the splits given in data.tables or label rows; see prepare_report.json",
                     near["groups_across_given_splits"])
     fixed = {name: [r for r in unique if r["split"] == name] for name in SPLITS}
     splits = split_rows([r for r in unique if r["split"] is None], cfg.data.validation_fraction, cfg.data.test_fraction,

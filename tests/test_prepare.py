@@ -85,3 +85,34 @@ def test_empty_and_missing_inputs(project):
     assert result.exit_code == 2 and "data/raw/empty.txt is empty" in result.output
     result = invoke("prepare", "configs/tiny.yaml", "--set", "data.inputs=[data/nowhere]")
     assert result.exit_code == 2 and "input data/nowhere not found" in result.output
+
+
+def _split_ids(out: Path) -> dict[str, set[str]]:
+    return {name: {json.loads(l)["id"] for l in (out / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()}
+            for name in ("train", "validation", "test")}
+
+
+def test_label_rows_can_pin_the_test_split(project):
+    # Rows with "split": "test" are the test split when test_fraction is 0 (configs/default.yaml pins
+    # 307 People's Daily paragraphs so); relabelling or adding rows elsewhere never moves them.
+    path = Path("data/labels/seed.jsonl")
+    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines()]
+    for row in rows[:3]:
+        row["split"] = "test"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = invoke("prepare", "configs/tiny.yaml", "--set", "data.test_fraction=0")
+    assert result.exit_code == 0, result.output
+    splits = _split_ids(Path("data/prepared-tiny"))
+    assert splits["test"] == {r["id"] for r in rows[:3]}
+    assert len(splits["train"]) + len(splits["validation"]) == 15
+
+
+def test_unknown_split_names_file_and_line(project):
+    lines = Path("data/labels/seed.jsonl").read_text(encoding="utf-8").splitlines()
+    row = json.loads(lines[3])
+    row["split"] = "dev"
+    lines[3] = json.dumps(row, ensure_ascii=False)
+    Path("data/labels/seed.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = invoke("prepare", "configs/tiny.yaml")
+    assert result.exit_code == 2
+    assert 'data/labels/seed.jsonl:4: "split" is "dev"; expected one of train, validation, test' in result.output
