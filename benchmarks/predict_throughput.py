@@ -30,7 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> (engine, quantize, dtype) as `pipeline predict` takes them
-    "float": ("torch", None, None),
+    "default": ("auto", None, "auto"),  # no options: bfloat16 on AMX CPUs and recent GPUs, else float32
+    "float": ("torch", None, "float32"),
     "bfloat16": ("torch", None, "bfloat16"),
     "int8": ("torch", "int8", None),
     "onnx": ("onnx", None, None),
@@ -70,6 +71,13 @@ def top_agreement(ours: Path, theirs: Path) -> dict:
     }
 
 
+def top_agreement_plain(ours: Path, theirs: Path) -> float:
+    """Share of identical top themes between two transformers.pipeline outputs (same order)."""
+    a = [json.loads(line)["label"] for line in ours.open(encoding="utf-8")]
+    b = [json.loads(line)["label"] for line in theirs.open(encoding="utf-8")]
+    return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
+
+
 def _run_pipeline(model: str, inputs: str, output: str, variant: str) -> int:
     from pipeline.predict import predict
 
@@ -77,12 +85,14 @@ def _run_pipeline(model: str, inputs: str, output: str, variant: str) -> int:
     return predict(model, [inputs], output, progress=False, engine=engine, quantize=quantize, dtype=dtype)["records"]
 
 
-def _run_transformers(model: str, inputs: str, output: str) -> int:
+def _run_transformers(model: str, inputs: str, output: str, variant: str = "float") -> int:
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+    dtype = torch.bfloat16 if variant == "bfloat16" else torch.float32
     classifier = pipeline(
         "text-classification",
-        model=AutoModelForSequenceClassification.from_pretrained(model),
+        model=AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype),
         tokenizer=AutoTokenizer.from_pretrained(model),
         batch_size=32,
         top_k=None,
@@ -104,7 +114,7 @@ def child(kind: str, model: str, inputs: str, output: str, variant: str) -> None
         import pipeline.predict  # noqa: F401
     started = time.perf_counter()
     if kind == "transformers":
-        records = _run_transformers(model, inputs, output)
+        records = _run_transformers(model, inputs, output, variant)
     else:
         records = _run_pipeline(model, inputs, output, variant)
     seconds = time.perf_counter() - started
@@ -140,14 +150,20 @@ def benchmark(model: Path, records: int, repeats: int, variants: list[str], scal
         quantize = ["--quantize", VARIANTS[name][1]] if VARIANTS[name][1] else []
         subprocess.run([sys.executable, "-m", "pipeline", "export", str(model), "--format", "onnx", "-o", str(folders[name]),
                         *quantize], check=True, capture_output=True, cwd=ROOT)
-    timings: dict[str, list] = {name: [] for name in ["transformers", *variants]}
+    timings: dict[str, list] = {name: [] for name in ["transformers", "transformers-bfloat16", *variants]}
     for _ in range(repeats):  # interleaved, so that load from other jobs falls on every variant alike
         timings["transformers"].append(measure("transformers", model, small, work / "transformers.jsonl"))
+        # The same tool with its weights in bfloat16 (dtype=torch.bfloat16): what a user of it could do too.
+        timings["transformers-bfloat16"].append(measure("transformers", model, small, work / "transformers-bfloat16.jsonl",
+                                                        "bfloat16"))
         for name in variants:
             timings[name].append(measure("pipeline", folders.get(name, model), small, work / f"{name}.jsonl", name))
-    large_runs = [measure("pipeline", model, large, work / "float-large.jsonl") for _ in range(large_repeats or repeats)]
+    large_runs = [measure("pipeline", model, large, work / "default-large.jsonl", "default")
+                  for _ in range(large_repeats or repeats)]
     result = {name: medians(runs) for name, runs in timings.items()}
-    result["float-large"] = medians(large_runs)
+    result["default-large"] = medians(large_runs)
+    result["transformers-bfloat16"]["vs_transformers"] = top_agreement_plain(work / "transformers-bfloat16.jsonl",
+                                                                             work / "transformers.jsonl")
     for name in variants:
         result[name]["vs_transformers"] = top_agreement(work / f"{name}.jsonl", work / "transformers.jsonl")
         result[name]["vs_float"] = top_agreement(work / f"{name}.jsonl", work / "float.jsonl")
@@ -162,6 +178,9 @@ def table(result: dict, variants: list[str]) -> str:
         "|---|---:|---:|---:|---:|---|---|",
         f"| transformers.pipeline (batch 32, truncation) | {result['transformers']['records']} | {base:.1f} | 1.00 | "
         f"{result['transformers']['max_rss_mib']:.0f} | | |",
+        f"| transformers.pipeline, bfloat16 weights | {result['transformers-bfloat16']['records']} | "
+        f"{result['transformers-bfloat16']['rate']:.1f} | {result['transformers-bfloat16']['rate'] / base:.2f} | "
+        f"{result['transformers-bfloat16']['max_rss_mib']:.0f} | {result['transformers-bfloat16']['vs_transformers']:.2%} / | |",
     ]
     for name in variants:
         r = result[name]
@@ -169,8 +188,8 @@ def table(result: dict, variants: list[str]) -> str:
         lines.append(f"| pipeline predict ({name}) | {r['records']} | {r['rate']:.1f} | {r['rate'] / base:.2f} | "
                      f"{r['max_rss_mib']:.0f} | {a['all']:.2%} / {a['one_window']:.2%} of {a['one_window_records']} | "
                      f"{f['all']:.2%} / {f['max_score_difference']:.4f} |")
-    r = result["float-large"]
-    lines.append(f"| pipeline predict (float), {r['records'] // result['float']['records']}x input | {r['records']} | "
+    r = result["default-large"]
+    lines.append(f"| pipeline predict (default), {r['records'] // result['default']['records']}x input | {r['records']} | "
                  f"{r['rate']:.1f} | {r['rate'] / base:.2f} | {r['max_rss_mib']:.0f} | | |")
     return "\n".join(lines)
 
@@ -182,7 +201,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10, help="the memory check also runs records x scale")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--large-repeats", type=int, help="runs of the records x scale measurement (default --repeats)")
-    parser.add_argument("--variants", default="float,bfloat16,int8,onnx,onnx-int8", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="default,float,bfloat16,int8,onnx,onnx-int8", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", choices=["pipeline", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -195,14 +214,14 @@ def main() -> None:
         raise SystemExit(f"{args.model} is not a run directory; train one (README: Batch inference performance) or pass --model")
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
-    if unknown or "float" not in variants:
-        raise SystemExit(f"--variants expects float plus any of {', '.join(VARIANTS)}, found {args.variants!r}")
+    if unknown or not {"default", "float"} <= set(variants):
+        raise SystemExit(f"--variants expects default and float plus any of {', '.join(VARIANTS)}, found {args.variants!r}")
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as work:
         result = benchmark(args.model, args.records, args.repeats, variants, args.scale, Path(work), args.large_repeats)
     print(table(result, variants))
-    small, large = result["float"]["max_rss_mib"], result["float-large"]["max_rss_mib"]
-    print(f"\npeak memory of pipeline predict: {small:.0f} MiB at {result['float']['records']} records, "
-          f"{large:.0f} MiB at {result['float-large']['records']} records ({large / small - 1:+.1%})")
+    small, large = result["default"]["max_rss_mib"], result["default-large"]["max_rss_mib"]
+    print(f"\npeak memory of pipeline predict: {small:.0f} MiB at {result['default']['records']} records, "
+          f"{large:.0f} MiB at {result['default-large']['records']} records ({large / small - 1:+.1%})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

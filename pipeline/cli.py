@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -146,7 +147,8 @@ def predict(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: only records k with k mod n = i; auto: from RANK/WORLD_SIZE (torchrun)."),
     engine: str = typer.Option("auto", "--engine", help="auto, torch or onnx (a run's export-onnx folder)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation of the Linear layers (CPU)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16: faster on CPUs with AMX/AVX512-BF16 and on GPUs; default float32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 where the hardware runs it natively: AMX CPUs, "
+                              "recent GPUs; else float32), float32 (the exact scores) or bfloat16."),
 ):
     """Classify every paragraph of new articles (batch inference)."""
     from pipeline.predict import predict as run_predict
@@ -187,11 +189,27 @@ def run(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
     from pipeline.train import train as run_train
 
     cfg = load_config(config, set_)
+    seconds, started = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal started
+        seconds[stage] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+
     _print_prepare(run_prepare(cfg), cfg.data.output_dir)
+    lap("prepare")
     _resolve_base(cfg)
+    lap("pretrain")  # near zero when the base is reused
     run_dir = run_train(cfg)
     typer.echo(f"trained: {run_dir}")
+    lap("train")
     _print_metrics(run_evaluate(run_dir), run_dir)
+    lap("evaluate")
+    from pipeline import runs
+
+    runs.write_json(run_dir / "stages.json", {"seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)})
+    typer.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+               + f"; total {sum(seconds.values()):.0f}")
 
 
 @app.command()

@@ -140,6 +140,11 @@ class TrainConfig(Strict):
         0.5, ge=0, le=1, description="Multi-label target for secondary themes (primary is 1), so the top score stays the primary."
     )
     class_weights: bool = Field(False, description="Weight the loss by inverse class frequency.")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="bfloat16 runs the forward and backward passes under autocast (weights and optimiser stay "
+        "float32). auto: bfloat16 where the hardware has it natively (AMX CPUs, recent GPUs), else float32; "
+        "the precision used is saved in train_metrics.json."
+    )
     early_stopping_patience: int = Field(3, ge=1, description="Epochs without a better validation macro-F1 before stopping.")
     save_steps: int | None = Field(
         None, ge=1, description="Also checkpoint every N optimiser steps (validation stays per epoch), so an interrupted "

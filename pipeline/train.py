@@ -30,7 +30,7 @@ from pipeline.config import Config, config_dict, save_config
 from pipeline.data import NONE, file_sha256, load_split, resolve_schema
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.metrics import choose_thresholds, membership, selection_score
-from pipeline.model import build_classifier, score_texts
+from pipeline.model import build_classifier, resolve_precision, score_texts
 
 log = logging.getLogger("pipeline")
 
@@ -206,6 +206,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
     work = runs.partial_dir(final)
     runs.check_replaceable(final, runs.RESOLVED_CONFIG)
 
+    precision = resolve_precision(cfg.train.precision)
     args = TrainingArguments(  # under torchrun / accelerate launch this joins the process group
         output_dir=str(work / runs.CHECKPOINTS),
         num_train_epochs=cfg.train.epochs,
@@ -227,6 +228,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
         data_seed=cfg.seed,
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        bf16=precision == "bfloat16",  # autocast: about 1.3x faster fine-tuning on a 2-core AMX CPU
         disable_tqdm=not _is_tty(),
         dataloader_num_workers=0,
         # Our losses are means over the batch and ignore num_items_in_batch; averaging "tokens" across
@@ -323,6 +325,7 @@ def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result
     runs.write_json(run_dir / runs.TRAIN_METRICS, {
         "seed": cfg.seed,
         "processes": trainer.args.world_size,
+        "precision": "bfloat16" if trainer.args.bf16 else "float32",
         "resumed_from_step": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
         "train_seconds": round(time.time() - start, 1),  # of this invocation, when resumed
         "train_loss": result.training_loss,  # mean over this invocation's steps

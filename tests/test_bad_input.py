@@ -188,7 +188,7 @@ def test_evaluate_and_predict_with_weights_missing_or_cut_short(run_copy, tmp_pa
     weights.write_bytes(full[: len(full) // 2])
     fails(invoke("evaluate", run), f"cannot load the model in {run}", "the run directory is corrupted: retrain")
     assert sorted(p.name for p in run.iterdir() if p.name.endswith((".json", ".md", ".jsonl"))) == \
-           ["config.json", "data.json", "tokenizer.json", "tokenizer_config.json", "train_metrics.json"]
+           ["config.json", "data.json", "stages.json", "tokenizer.json", "tokenizer_config.json", "train_metrics.json"]
     no_leftovers(run)
     (run / "config.json").write_text("{not json", encoding="utf-8")
     weights.write_bytes(full)

@@ -45,7 +45,7 @@ def test_benchmark_smoke_run(tiny_run, tmp_path):
 
     root, _ = tiny_run
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_throughput.py"), "--model", str(root / "models/tiny"),
-                          "--records", "20", "--scale", "2", "--repeats", "1", "--variants", "float,int8",
+                          "--records", "20", "--scale", "2", "--repeats", "1", "--variants", "default,float,int8",
                           "--json", str(tmp_path / "b.json")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| pipeline predict (float) | 20 |" in out.stdout and "2x input | 40 |" in out.stdout

@@ -40,7 +40,7 @@ def test_onnx_export_writes_a_folder_and_reports_parity(run_copy, tmp_path):
 
     # predict runs the export, by its folder or by --engine onnx on the run, and agrees with the float model.
     float_out, onnx_out, engine_out = tmp_path / "float.jsonl", tmp_path / "onnx.jsonl", tmp_path / "engine.jsonl"
-    assert invoke("predict", root / SEED, "--model", run, "-o", float_out).exit_code == 0
+    assert invoke("predict", root / SEED, "--model", run, "-o", float_out, "--dtype", "float32").exit_code == 0
     result = invoke("predict", root / SEED, "--model", folder, "-o", onnx_out)
     assert result.exit_code == 0 and ", onnx," in result.output, result.output
     assert invoke("predict", root / SEED, "--model", run, "--engine", "onnx", "-o", engine_out).exit_code == 0

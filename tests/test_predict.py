@@ -129,7 +129,8 @@ def test_output_order_and_scores_survive_chunking_and_length_sorting(tiny_run, t
     monkeypatch.setattr(predict_module, "CHUNK", 7)  # 40 records: six chunks, the last one short
     src = _jsonl(tmp_path / "in.jsonl", MIXED)
     out = tmp_path / "out.jsonl"
-    counts = predict_module.predict(root / "models/tiny", [str(src)], str(out), batch_size=4, progress=False)
+    counts = predict_module.predict(root / "models/tiny", [str(src)], str(out), batch_size=4, progress=False,
+                                    dtype="float32")  # the exact scores; auto may pick bfloat16
     records = _records(out)
     assert [r["id"] for r in records] == [f"r{i}" for i in range(40)] and counts["records"] == 40
     assert [r["text"] for r in records] == MIXED
@@ -202,12 +203,43 @@ def test_int8_quantisation_matches_the_float_model(tiny_run, tmp_path):
     root, _ = tiny_run
     src = _jsonl(tmp_path / "in.jsonl", MIXED)
     float_out, int8_out = tmp_path / "float.jsonl", tmp_path / "int8.jsonl"
-    assert invoke("predict", src, "--model", root / "models/tiny", "-o", float_out).exit_code == 0
+    assert invoke("predict", src, "--model", root / "models/tiny", "-o", float_out, "--dtype", "float32").exit_code == 0
     result = invoke("predict", src, "--model", root / "models/tiny", "-o", int8_out, "--quantize", "int8")
     assert result.exit_code == 0 and "torch-int8" in result.output
     a, b = _records(float_out), _records(int8_out)
     assert sum(x["label"] == y["label"] for x, y in zip(a, b)) / len(a) >= 0.95
     assert max(abs(x["scores"][t] - y["scores"][t]) for x, y in zip(a, b) for t in THEMES) < 0.02
+
+
+def test_bfloat16_matches_the_float_model(tiny_run, tmp_path):
+    # What --dtype auto picks on AMX CPUs and recent GPUs (elsewhere bfloat16 is emulated: slower, same answers).
+    import copy
+
+    import numpy as np
+    import torch
+
+    from pipeline.model import load_run, score_texts
+
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", MIXED)
+    result = invoke("predict", src, "--model", root / "models/tiny", "-o", tmp_path / "bf16.jsonl", "--dtype", "bfloat16")
+    assert result.exit_code == 0 and "torch-bfloat16" in result.output, result.output
+    result = invoke("predict", src, "--model", root / "models/tiny", "-o", tmp_path / "x.jsonl", "--dtype", "half")
+    assert result.exit_code == 2 and "--dtype expects auto, float32 or bfloat16, found 'half'" in result.output
+
+    # The tiny run's scores all sit near 0.5, too close to compare top themes; a classifier layer with
+    # large weights spreads them, so that bfloat16 has real decisions to keep.
+    tokenizer, model = load_run(root / "models/tiny")
+    torch.manual_seed(0)
+    model.classifier.weight.data.normal_(0, 3.0)
+    exact, _ = score_texts(model, tokenizer, MIXED)
+    low, _ = score_texts(copy.deepcopy(model).to(torch.bfloat16), tokenizer, MIXED)
+    difference = np.abs(exact - low).max()
+    assert difference < 0.05
+    top2 = np.sort(exact, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * difference  # no bfloat16 error this size can swap these
+    assert clear.mean() >= 0.5
+    assert (exact.argmax(1) == low.argmax(1))[clear].all()
 
 
 def test_decide_follows_the_metrics_rule():

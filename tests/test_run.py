@@ -2,9 +2,14 @@
 
 import json
 import os
+from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
+
+from conftest import invoke
 
 THEMES = ["economy", "renewal", "culture", "livelihood", "reform", "openness"]
 
@@ -20,6 +25,11 @@ def test_run_writes_a_complete_run_directory(tiny_run):
     assert not list(run.glob("*.bin")), "weights are safetensors only"
     assert os.readlink(root / "models" / "latest") == "tiny"
     assert "report: models/tiny/report.html" in result.output
+    stages = json.loads((run / "stages.json").read_text(encoding="utf-8"))
+    assert list(stages["seconds"]) == ["prepare", "pretrain", "train", "evaluate"]
+    assert stages["total_seconds"] == pytest.approx(sum(stages["seconds"].values()), abs=0.2)
+    assert "stage seconds: prepare " in result.output
+    assert json.loads((run / "train_metrics.json").read_text(encoding="utf-8"))["precision"] in ("float32", "bfloat16")
 
 
 def test_label_maps_and_thresholds_travel_in_config_json(tiny_run):
@@ -69,3 +79,13 @@ def test_test_predictions_carry_gold_and_scores(tiny_run):
     lines = [json.loads(l) for l in (root / "models/tiny/predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert lines and all(set(l["scores"]) == set(THEMES) for l in lines)
     assert all(l["scores"][l["label"]] == max(l["scores"].values()) for l in lines)
+
+
+def test_bfloat16_training_runs_and_is_recorded(project):
+    # What train.precision auto picks on AMX CPUs and recent GPUs (emulated, slower, elsewhere).
+    result = invoke("run", "configs/tiny.yaml", "--set", "train.precision=bfloat16", "--set", "run_name=bf16")
+    assert result.exit_code == 0, result.output
+    run = Path("models/bf16")
+    assert json.loads((run / "train_metrics.json").read_text(encoding="utf-8"))["precision"] == "bfloat16"
+    assert load_file(run / "model.safetensors")["classifier.weight"].dtype == torch.float32  # weights stay float32
+    assert json.loads((run / "metrics.json").read_text(encoding="utf-8"))["n"] > 0
