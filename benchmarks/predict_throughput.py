@@ -107,11 +107,13 @@ def _run_transformers(model: str, inputs: str, output: str, variant: str = "floa
 
 def child(kind: str, model: str, inputs: str, output: str, variant: str) -> None:
     """One measurement, in its own process so that max RSS is this measurement's alone. Imports are
-    not timed (seconds of a fixed cost that would blur the rate); loading the model is."""
-    if kind == "transformers":
-        import transformers.pipelines  # noqa: F401
-    else:
-        import pipeline.predict  # noqa: F401
+    not timed, for either tool (seconds of a fixed cost that would blur the rate): both import torch
+    and transformers here, before the clock starts. Loading the model is timed."""
+    import torch  # noqa: F401
+    import transformers.pipelines  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+
+    import pipeline.predict  # noqa: F401
     started = time.perf_counter()
     if kind == "transformers":
         records = _run_transformers(model, inputs, output, variant)

@@ -133,24 +133,6 @@ def resolve_model(model_dir: str | Path, engine: str, quantize: str | None, dtyp
     return exported
 
 
-def _return_large_blocks() -> None:
-    """Have glibc hand every freed block over 128 KiB back to the system at once.
-
-    Each batch length allocates activations of another size. By default glibc raises its mmap
-    threshold after the first large free and from then on keeps such blocks in its heap, where
-    they fragment: peak memory grew with every new batch shape (911 MiB for 2,000 paragraphs
-    without this, 633 MiB with it), for about 5% of speed.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): their allocators do not do this
-        return
-    m_mmap_threshold = -3  # from malloc.h
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
-
-
 def _threads(shard_count: int) -> int:
     """Every CPU this process may use, split between the processes torchrun/accelerate start on this machine."""
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if shard_count > 1 else 1
@@ -299,7 +281,6 @@ def predict(
     from pipeline.config import load_config
 
     min_chars = load_config(model_dir / runs.RESOLVED_CONFIG).data.min_chars
-    _return_large_blocks()
     if dtype in (None, "auto"):
         exported = (model_dir / EXPORT_INFO).is_file()
         dtype = "bfloat16" if not (quantize or exported or engine == "onnx") and native_bfloat16() else "float32"
