@@ -253,8 +253,9 @@ def onnx_forward(path: Path, threads: int | None = None):
 
 def native_bfloat16() -> bool:
     """Whether this machine runs bfloat16 matrix work in hardware: a GPU that supports it, or a CPU with
-    AMX tiles. There bfloat16 is several times faster than float32 (inference about 4x on a 2-core AMX
-    Xeon, docs/MEASUREMENTS.md); elsewhere it is emulated and slower, so "auto" keeps float32."""
+    AMX tiles. There bfloat16 is much faster than float32 (batch inference about 2.4x on a 2-core
+    AMX Xeon, README: Batch inference performance); elsewhere it is emulated and slower, so "auto"
+    keeps float32."""
     import torch
 
     if torch.cuda.is_available():

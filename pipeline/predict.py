@@ -265,7 +265,7 @@ def predict(
     """Classify every paragraph of `inputs` (this shard's share of them); returns counts and speed.
 
     dtype auto runs the float torch model in bfloat16 where the hardware does it natively (AMX CPUs,
-    recent GPUs: about 4x faster on a 2-core AMX CPU, 99.9% identical top themes) and in float32
+    recent GPUs: about 2.4x faster on a 2-core AMX CPU, 99.8% identical top themes) and in float32
     elsewhere, and for ONNX or quantised models; float32 gives the trained model's exact scores."""
     from tqdm.auto import tqdm
 
