@@ -184,6 +184,7 @@ def export(
 @handle_errors
 def run(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
     """prepare → (pretrain) → train → evaluate, from one config."""
+    from pipeline import runs
     from pipeline.data import prepare as run_prepare
     from pipeline.evaluate import evaluate as run_evaluate
     from pipeline.train import train as run_train
@@ -205,11 +206,9 @@ def run(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
     lap("train")
     _print_metrics(run_evaluate(run_dir), run_dir)
     lap("evaluate")
-    from pipeline import runs
-
-    runs.write_json(run_dir / "stages.json", {"seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)})
-    typer.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
-               + f"; total {sum(seconds.values()):.0f}")
+    total = round(sum(seconds.values()), 1)
+    runs.write_json(run_dir / "stages.json", {"seconds": seconds, "total_seconds": total})
+    typer.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f"; total {total:.0f}")
 
 
 @app.command()

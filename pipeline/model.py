@@ -168,6 +168,10 @@ def encode_windows(tokenizer, texts: list[str], stride: int = 32):
 SHAPE_STEP = 16
 
 
+def _round_up(n: int, step: int = SHAPE_STEP) -> int:
+    return -(-n // step) * step
+
+
 def score_windows(forward, ids: list[list[int]], owners: list[int], n_texts: int, n_labels: int,
                   multi_label: bool, pad_id: int, batch_size: int = 64):
     """(probs (n_texts, n_labels), windows per text): the mean of each text's window probabilities.
@@ -188,8 +192,8 @@ def score_windows(forward, ids: list[list[int]], owners: list[int], n_texts: int
         # oneDNN (torch's CPU kernels) compiles and caches kernels per shape: one shape per length let
         # that cache, and peak memory with it, grow with the input (766 MiB at 2,000 paragraphs, 984 MiB
         # at 20,000), and recompiling cost time. Sorted: the last window is the longest.
-        width = min(-(-int(lengths[batch[-1]]) // SHAPE_STEP) * SHAPE_STEP, longest)
-        rows = min(-(-len(batch) // SHAPE_STEP) * SHAPE_STEP, max(batch_size, len(batch)))
+        width = min(_round_up(int(lengths[batch[-1]])), longest)
+        rows = min(_round_up(len(batch)), batch_size)
         input_ids = np.full((rows, width), pad_id, dtype=np.int64)
         for row, i in enumerate(batch):
             input_ids[row, : lengths[i]] = ids[i]

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline import runs
 from pipeline.data import ARTICLE_SUFFIXES, Dropped, Paragraph, clean_article, decode, read_jsonl_records, read_paragraphs
 from pipeline.errors import InputError, PipelineError
-from pipeline.model import EXPORT_INFO, cpu_count, encode_windows, load_scorer, native_bfloat16, score_windows
+from pipeline.model import EXPORT_INFO, cpu_count, encode_windows, load_scorer, resolve_precision, score_windows
 
 CHUNK = 512  # records read and tokenised together: big enough to sort by length, small enough to stream
 MAIN_SHARE = 0.25  # a theme carried by at least this share of an article's paragraphs is one of its main themes
@@ -281,9 +281,9 @@ def predict(
     from pipeline.config import load_config
 
     min_chars = load_config(model_dir / runs.RESOLVED_CONFIG).data.min_chars
-    if dtype in (None, "auto"):
-        exported = (model_dir / EXPORT_INFO).is_file()
-        dtype = "bfloat16" if not (quantize or exported or engine == "onnx") and native_bfloat16() else "float32"
+    if dtype in (None, "auto"):  # ONNX and int8 models have no bfloat16 path
+        float_torch = not (quantize or engine == "onnx" or (model_dir / EXPORT_INFO).is_file())
+        dtype = resolve_precision("auto") if float_torch else "float32"
     scorer = load_scorer(model_dir, quantize, threads=_threads(shard_at[1]), dtype=None if dtype == "float32" else dtype)
     config = scorer.config
     theme_ids = [config.id2label[i] for i in range(config.num_labels)]
