@@ -149,12 +149,14 @@ def predict(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation of the Linear layers (CPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 where the hardware runs it natively: AMX CPUs, "
                               "recent GPUs; else float32), float32 (the exact scores) or bfloat16."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="Batches scored at once, each on CPUs/streams threads "
+                                          "(default: 2 on a CPU with 2 or more cores, 1 on a GPU)."),
 ):
     """Classify every paragraph of new articles (batch inference)."""
     from pipeline.predict import predict as run_predict
 
     counts = run_predict(model, inputs, output, fmt, batch_size, summary=summary, shard=shard, engine=engine,
-                         quantize=quantize, dtype=dtype)
+                         quantize=quantize, dtype=dtype, streams=streams)
     if output:
         typer.echo(f"wrote {counts['records']} records (shard {counts['shard']}, {counts['engine']}, "
                    f"{counts['records_per_second']:.0f}/s) to {counts['output']} ({counts['multi_window_records']} needed several windows)", err=True)

