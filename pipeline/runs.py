@@ -88,6 +88,10 @@ def _is_complete_checkpoint(path: Path, processes: int) -> bool:
     rng = ["rng_state.pth"] if processes == 1 else [f"rng_state_{i}.pth" for i in range(processes)]
     if not all((path / name).is_file() for name in (*_CHECKPOINT_FILES, *rng)):
         return False
+    # The Trainer pickles its arguments into training_args.bin before trainer_state.json; train's on_save
+    # callback deletes it once the checkpoint is whole. Still there: killed before that last step.
+    if (path / "training_args.bin").exists():
+        return False
     from safetensors import safe_open
 
     try:  # reads the header only: a truncated or foreign weights file fails here, not in the middle of resuming

@@ -3,6 +3,7 @@ an uninterrupted run ends; checkpoints that cannot be resumed are refused or ski
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,11 @@ def test_killed_run_resumes_to_the_same_model(project):
     half = checkpoint.parent / "checkpoint-99"
     half.mkdir()
     (half / runs.WEIGHTS).write_bytes(b"half a file")
+    # Killed after the Trainer wrote everything but before its pickled arguments were deleted: not resumed from.
+    pickled = checkpoint.parent / "checkpoint-98"
+    shutil.copytree(checkpoint, pickled)
+    (pickled / "training_args.bin").write_bytes(b"a pickle")
+    assert runs.last_checkpoint(checkpoint.parent) == checkpoint
 
     changed = invoke("train", "configs/tiny.yaml", "--set", "run_name=resumed", *RUN, "--set", "train.learning_rate=0.002",
                      "--resume")
@@ -75,6 +81,7 @@ def test_killed_run_resumes_to_the_same_model(project):
     resumed = _one_thread("train", "configs/tiny.yaml", "--set", "run_name=resumed", *RUN, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert f"{half} was not written completely" in resumed.output
+    assert f"{pickled} was not written completely" in resumed.output
     step = int(checkpoint.name.split("-")[1])
     assert f"resuming from {checkpoint} (step {step})" in resumed.output
     assert os.readlink("models/latest") == "resumed"
