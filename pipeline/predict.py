@@ -134,23 +134,34 @@ def resolve_model(model_dir: str | Path, engine: str, quantize: str | None, dtyp
     return exported
 
 
+def float_torch_model(model_dir: Path, engine: str, quantize: str | None) -> bool:
+    """Whether the float torch model runs (it can take bfloat16 and a GPU): not ONNX, int8 or an export."""
+    return not (quantize or engine == "onnx" or (model_dir / EXPORT_INFO).is_file())
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _threads(shard_count: int) -> int:
     """Every CPU this process may use, split between the processes torchrun/accelerate start on this machine."""
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if shard_count > 1 else 1
     return max(1, cpu_count() // max(local_processes, 1))
 
 
-def _streams(streams: int | None, cpus: int) -> int:
+def _streams(streams: int | None, cpus: int, gpu: bool) -> int:
     """Batches scored at once, each by cpus // streams threads. A small BERT's kernels (GELU, layer
     norm, 64 x 128 x 256 matrix products) scale poorly across threads: on a 2-core CPU, bfloat16 GELU
     is faster on one thread than on two. So two batches on one thread each beat one batch on two:
     1.15-1.25x end to end there (benchmarks/predict_throughput.py). auto (None): two where there
-    are at least two CPUs."""
-    if streams is None:
-        return 2 if cpus >= 2 else 1
-    if streams < 1:
+    are at least two CPUs; one on a GPU, whose concurrency comes from the batch."""
+    if streams is not None and streams < 1:
         raise PipelineError(f"--streams expects a positive number of concurrent batches, found {streams}")
-    return min(streams, cpus)
+    if gpu:
+        return 1
+    return min(streams, cpus) if streams is not None else min(2, cpus)
 
 
 def _estimate_total(inputs: list[str]) -> int | None:
@@ -297,13 +308,10 @@ def predict(
 
     min_chars = load_config(model_dir / runs.RESOLVED_CONFIG).data.min_chars
     if dtype in (None, "auto"):  # ONNX and int8 models have no bfloat16 path
-        float_torch = not (quantize or engine == "onnx" or (model_dir / EXPORT_INFO).is_file())
-        dtype = resolve_precision("auto") if float_torch else "float32"
+        dtype = resolve_precision("auto") if float_torch_model(model_dir, engine, quantize) else "float32"
     cpus = _threads(shard_at[1])
-    streams = _streams(streams, cpus)
+    streams = _streams(streams, cpus, gpu=float_torch_model(model_dir, engine, quantize) and _cuda())
     scorer = load_scorer(model_dir, quantize, threads=cpus // streams, dtype=None if dtype == "float32" else dtype)
-    if scorer.engine.endswith("-cuda"):
-        streams = 1  # one GPU queue; concurrency there comes from the batch
     config = scorer.config
     theme_ids = [config.id2label[i] for i in range(config.num_labels)]
     thresholds = getattr(config, "theme_thresholds", None)
