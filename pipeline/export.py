@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import runs
 from pipeline.data import Dropped
 from pipeline.errors import PipelineError
-from pipeline.model import EXPORT_INFO, ONNX_FILE, encode_windows, load_run, load_scorer, score_windows
+from pipeline.model import EXPORT_INFO, ONNX_FILE, encode_windows, last_layer_cls_only, load_run, load_scorer, score_windows
 
 FORMATS = ("onnx", "torch")
 CHECK_RECORDS = 2000  # records the parity check scores: enough to see a 0.1% disagreement, quick on a CPU
@@ -103,7 +103,9 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
             float_path = _fresh_float_export(run_dir) if quantize else None
             if float_path is None:
                 float_path = tmp / ("model-float.onnx" if quantize else ONNX_FILE)
-                _export_onnx(model, float_path, tokenizer.model_max_length)
+                # The graph computes the last layer at [CLS] only, as predict's torch model does: same
+                # logits (1.6e-7 apart), about 1.3x faster in onnxruntime.
+                _export_onnx(last_layer_cls_only(model), float_path, tokenizer.model_max_length)
             if quantize:
                 _quantize_onnx(float_path, tmp / ONNX_FILE)
                 if float_path.parent == tmp:
