@@ -204,8 +204,7 @@ def score_windows(forward, ids: list[list[int]], owners: list[int], n_texts: int
         logits = np.asarray(forward(input_ids, attention_mask.astype(np.int64)), dtype=np.float32)[: len(batch)]
         window_probs[batch] = expit(logits) if multi_label else softmax(logits, axis=1)
 
-    starts = range(0, len(order), batch_size)
-    list(pool.map(score_batch, starts)) if pool is not None else [score_batch(start) for start in starts]
+    list((pool.map if pool is not None else map)(score_batch, range(0, len(order), batch_size)))
     counts = np.bincount(owners, minlength=n_texts)
     sums = np.zeros((n_texts, n_labels), dtype=np.float32)
     np.add.at(sums, owners, window_probs)

@@ -307,10 +307,11 @@ def predict(
     from pipeline.config import load_config
 
     min_chars = load_config(model_dir / runs.RESOLVED_CONFIG).data.min_chars
+    float_torch = float_torch_model(model_dir, engine, quantize)
     if dtype in (None, "auto"):  # ONNX and int8 models have no bfloat16 path
-        dtype = resolve_precision("auto") if float_torch_model(model_dir, engine, quantize) else "float32"
+        dtype = resolve_precision("auto") if float_torch else "float32"
     cpus = _threads(shard_at[1])
-    streams = _streams(streams, cpus, gpu=float_torch_model(model_dir, engine, quantize) and _cuda())
+    streams = _streams(streams, cpus, gpu=float_torch and _cuda())
     scorer = load_scorer(model_dir, quantize, threads=cpus // streams, dtype=None if dtype == "float32" else dtype)
     config = scorer.config
     theme_ids = [config.id2label[i] for i in range(config.num_labels)]

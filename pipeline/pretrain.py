@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import runs
 from pipeline.config import PretrainConfig, config_dict, config_hash
 from pipeline.data import corpus_lines, normalize, read_text
 from pipeline.errors import InputError
@@ -174,7 +175,7 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
     if cfg.save_half:
         trainer.model.half()
     trainer.save_model(str(out))
-    (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: bases hold safetensors only
+    (out / runs.PICKLED_ARGS).unlink(missing_ok=True)  # a pickle: bases hold safetensors only
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     report = {
         "corpus": cfg.corpus,

@@ -44,6 +44,9 @@ STAGED = "run"
 _CHECKPOINT_PREFIX = "checkpoint-"
 _TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt")
+# The Trainer pickles its arguments into this file in every save; the project deletes it everywhere
+# (safetensors only, nothing is unpickled).
+PICKLED_ARGS = "training_args.bin"
 
 
 def check_run_dir(path: str | Path) -> Path:
@@ -90,7 +93,7 @@ def _is_complete_checkpoint(path: Path, processes: int) -> bool:
         return False
     # The Trainer pickles its arguments into training_args.bin before trainer_state.json; train's on_save
     # callback deletes it once the checkpoint is whole. Still there: killed before that last step.
-    if (path / "training_args.bin").exists():
+    if (path / PICKLED_ARGS).exists():
         return False
     from safetensors import safe_open
 

@@ -100,7 +100,7 @@ def _callbacks(save_steps: int | None):
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-                (folder / "training_args.bin").unlink(missing_ok=True)
+                (folder / runs.PICKLED_ARGS).unlink(missing_ok=True)
 
     return [PerProcessSeed(), SaveEvery(), NoPickledArgs()]
 
@@ -313,7 +313,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
 
 def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,
                      checkpoint: Path | None, start: float) -> None:
-    (run_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
+    (run_dir / runs.PICKLED_ARGS).unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
     save_config(cfg, run_dir / runs.RESOLVED_CONFIG)
     runs.write_json(run_dir / runs.DATA_INFO, {
         "data_dir": str(data_dir),
