@@ -4,14 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 TORCH ?= torch==2.13.0
+# Where torch comes from. Empty: pip's configured index. On Linux, PyPI's torch wheels are CUDA builds
+# (several GB); for the CPU build: make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: install run test test-slow clean browser
 
 $(BIN)/pipeline: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# A pinned CPU build: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q "$(TORCH)"
+	# Pinned: an unpinned torch would pull the newest multi-GB CUDA build.
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(BIN)/pipeline
 

@@ -118,7 +118,8 @@ def _resolve_base(cfg) -> None:
 @handle_errors
 def evaluate(run_dir: Path = typer.Argument(Path("models/latest"), help="Run directory."),
              split: str = typer.Option("test", help="Split to score: test or validation.")):
-    """Score a run on the held-out split; write metrics.json, report.html, report.md and a model card into it."""
+    """Score a run on the held-out split; write metrics.json, report.html, report.md and a model card into it
+    (validation: metrics-validation.json and predictions-validation.jsonl only)."""
     from pipeline.evaluate import evaluate as run_evaluate
 
     metrics = run_evaluate(run_dir, split)
@@ -126,13 +127,15 @@ def evaluate(run_dir: Path = typer.Argument(Path("models/latest"), help="Run dir
 
 
 def _print_metrics(m: dict, run_dir: Path) -> None:
-    line = f"primary macro-F1 {m['primary']['macro_f1']:.3f}, accuracy {m['primary']['accuracy']:.3f}"
+    line = f"{m['split']}: primary macro-F1 {m['primary']['macro_f1']:.3f}, accuracy {m['primary']['accuracy']:.3f}"
     if "none" in m:
         line += f", none F1 {m['none']['f1']:.3f}"
     tf = m["baselines"].get("tfidf_char_lr")
     if tf:
         line += f" (TF-IDF baseline macro-F1 {tf['primary']['macro_f1']:.3f})"
-    typer.echo(f"{line}\nreport: {Path(run_dir) / 'report.html'} (and report.md)")
+    shown = "report: " + f"{Path(run_dir) / 'report.html'} (and report.md)" if m["split"] == "test" else \
+        "written: " + ", ".join(str(Path(run_dir) / f) for f in m["files"])
+    typer.echo(f"{line}\n{shown}")
 
 
 @app.command()
@@ -157,9 +160,12 @@ def predict(
 
     counts = run_predict(model, inputs, output, fmt, batch_size, summary=summary, shard=shard, engine=engine,
                          quantize=quantize, dtype=dtype, streams=streams)
-    if output:
-        typer.echo(f"wrote {counts['records']} records (shard {counts['shard']}, {counts['engine']}, "
-                   f"{counts['records_per_second']:.0f}/s) to {counts['output']} ({counts['multi_window_records']} needed several windows)", err=True)
+    # On stderr, so that with the output on stdout the records stay clean.
+    dropped = counts["dropped"]
+    typer.echo(f"wrote {counts['records']} records (shard {counts['shard']}, {counts['engine']}, "
+               f"{counts['records_per_second']:.0f}/s) to {counts['output'] or 'stdout'} "
+               f"({counts['multi_window_records']} needed several windows); "
+               f"article lines not classified: {sum(dropped.values())} {dropped or ''}".rstrip(), err=True)
 
 
 @app.command()
@@ -253,8 +259,18 @@ def report_screenshot(
     typer.echo(f"screenshot: {screenshot(page / REPORT_HTML if page.is_dir() else page, output, width)}")
 
 
-label_app = typer.Typer(no_args_is_help=True, help="Tools for gold labels: check, suggest, agreement.")
+label_app = typer.Typer(no_args_is_help=True,
+                        help="Tools for gold labels: check, suggest, agreement, and export/import for Label Studio and doccano.")
 app.add_typer(label_app, name="label")
+
+
+def _label_schema(config: Path):
+    """The config, its label schema resolved: listed in it, or derived by `prepare` (themes: null)."""
+    from pipeline.data import resolve_schema
+
+    cfg = load_config(config)
+    resolve_schema(cfg, cfg.data.output_dir)
+    return cfg
 
 
 @label_app.command("check")
@@ -292,7 +308,7 @@ def label_agreement(first: Path = typer.Argument(..., help="Labels by annotator 
     """Cohen's kappa between two annotators, on the primary theme and per theme."""
     from pipeline.label import agreement
 
-    result = agreement(first, second, load_config(config).theme_ids)
+    result = agreement(first, second, _label_schema(config).theme_ids)
     typer.echo(f"{result['paragraphs']} paragraphs; primary: kappa {result['primary']['kappa']:.3f}, "
                f"agreement {result['primary']['agreement']:.3f}")
     for theme, s in result["themes"].items():
@@ -308,7 +324,8 @@ def label_export(source: Path = typer.Argument(..., help="JSONL with id and text
     """Write paragraphs as Label Studio tasks (plus the interface config) or doccano JSONL."""
     from pipeline.label import export_tasks
 
-    n = export_tasks(source, output, fmt, load_config(config).theme_ids)
+    cfg = _label_schema(config)
+    n = export_tasks(source, output, fmt, cfg.theme_ids, cfg.train.mode == "multi_label")
     extra = f" and the labelling interface {output.with_suffix('.xml')}" if fmt == "labelstudio" else ""
     typer.echo(f"{n} tasks written to {output}{extra}")
 
@@ -322,7 +339,8 @@ def label_import(source: Path = typer.Argument(..., help="The annotation export 
     """Turn finished annotations into a label file, checked against the theme schema."""
     from pipeline.label import import_annotations
 
-    counts = import_annotations(source, output, fmt, load_config(config).theme_ids)
+    cfg = _label_schema(config)
+    counts = import_annotations(source, output, fmt, cfg.theme_ids, cfg.train.mode == "multi_label")
     typer.echo(f"{counts['annotated']} labelled paragraphs written to {output} ({counts['not_annotated']} tasks not annotated yet)")
 
 

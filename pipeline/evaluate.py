@@ -20,10 +20,10 @@ from sklearn.metrics import f1_score
 from pipeline import runs
 from pipeline.config import load_config
 from pipeline.data import NONE, file_sha256, load_split
-from pipeline.errors import RunDirError
-from pipeline.metrics import (bootstrap_ci, calibration, classification_metrics, decide, length_buckets, membership,
+from pipeline.errors import InputError, RunDirError
+from pipeline.metrics import (bootstrap_ci, calibration, classification_metrics, length_buckets, membership,
                               theme_metrics, threshold_curves)
-from pipeline.model import load_run, score_texts
+from pipeline.model import decide, load_run, score_texts
 from pipeline.report import write_reports
 
 BOOTSTRAP_RESAMPLES = 1000  # enough for stable 2.5/97.5 percentiles; vectorised, well under a second
@@ -38,8 +38,13 @@ def baseline_predictions(train_rows: list[dict], test_rows: list[dict], multi_la
     from sklearn.linear_model import LogisticRegression
 
     fit_rows = train_rows if multi_label else [r for r in train_rows if r["primary"] != NONE]
-    majority = Counter(r["primary"] for r in fit_rows if r["primary"] != NONE).most_common(1)[0][0]
-    result = {"majority": ([majority] * len(test_rows), [False] * len(test_rows))}
+    counts = Counter(r["primary"] for r in fit_rows)
+    themed = Counter({label: n for label, n in counts.items() if label != NONE})
+    if not themed:
+        raise InputError("the train split has no labelled rows, only none: label some, or check the label column")
+    # The commonest theme as the primary; "no theme" for every row where none is the commonest class.
+    majority, says_none = themed.most_common(1)[0][0], counts.most_common(1)[0][0] == NONE
+    result = {"majority": ([majority] * len(test_rows), [says_none] * len(test_rows))}
     if len({r["primary"] for r in fit_rows}) >= 2:
         vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
         clf = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced")
@@ -124,6 +129,8 @@ def _versions() -> dict[str, str]:
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     """Score the run on `split` and write metrics.json, predictions.jsonl, report.md, report.html and README.md into it."""
+    if split not in ("test", "validation"):
+        raise RunDirError(f"--split expects test or validation, found {split!r}")
     run_dir = runs.check_run_dir(run_dir)
     cfg = load_config(run_dir / runs.RESOLVED_CONFIG)
     data_info = runs.read_json(run_dir / runs.DATA_INFO)
@@ -131,24 +138,29 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     rows = load_split(data_dir, split)
     if not rows:
         raise RunDirError(f"{data_dir}/{split}.jsonl is empty; expected held-out paragraphs: raise data.test_fraction")
-    current = file_sha256(data_dir / f"{split}.jsonl")
-    if current != data_info["sha256"].get(split):
-        raise RunDirError(
-            f"{data_dir}/{split}.jsonl changed since {run_dir} was trained (hash differs); "
-            f"retrain with `pipeline train CONFIG` or restore the data it was trained on"
-        )
+    for name in dict.fromkeys([split, "train"]):  # train: the baselines are fitted on it
+        if file_sha256(data_dir / f"{name}.jsonl") != data_info["sha256"].get(name):
+            raise RunDirError(
+                f"{data_dir}/{name}.jsonl changed since {run_dir} was trained (hash differs); "
+                f"retrain with `pipeline train CONFIG` or restore the data it was trained on"
+            )
     tokenizer, model = load_run(run_dir)
     theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
     thresholds = getattr(model.config, "theme_thresholds", None)
     multi = thresholds is not None
-    if not multi:
+    left_out = 0
+    if not multi:  # a single-label model always answers a label: rows without one cannot be scored
+        left_out = sum(r["primary"] == NONE for r in rows)
         rows = [r for r in rows if r["primary"] != NONE]
+        if not rows:
+            raise RunDirError(f"{data_dir}/{split}.jsonl has no labelled rows to score ({left_out} without a label)")
     start = time.time()
     probs, windows = score_texts(model, tokenizer, [r["text"] for r in rows])
     seconds = time.time() - start
     metrics = theme_metrics(rows, probs, theme_ids, thresholds)
     metrics["split"] = split
     metrics["mode"] = "multi_label" if multi else "single_label"
+    metrics["left_out_without_label"] = left_out
     predictions = baseline_predictions(load_split(data_dir, "train"), rows, multi)
     metrics["baselines"] = score_baselines(predictions, rows, theme_ids, multi)
     metrics.update(report_figures(rows, probs, theme_ids, thresholds, {n: p[0] for n, p in predictions.items()}, cfg.seed))
@@ -166,13 +178,20 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         "versions": _versions(),
     }
     top, labels = decide(probs, theme_ids, thresholds)
-    with runs.atomic_file(run_dir / runs.TEST_PREDICTIONS) as f:
+    # The test split's files are the run's evaluation (the pages and model card are rendered from them);
+    # scoring validation must not overwrite them, so its files carry the split's name.
+    metrics_file, predictions_file = ((runs.METRICS, runs.TEST_PREDICTIONS) if split == "test" else
+                                      (f"metrics-{split}.json", f"predictions-{split}.jsonl"))
+    with runs.atomic_file(run_dir / predictions_file) as f:
         for row, t, ls, p, w in zip(rows, top, labels, probs, windows):
             f.write(json.dumps({
                 "id": row["id"], "text": row["text"], "gold_primary": row["primary"], "gold_secondary": row["secondary"],
                 "label": t, "labels": ls, "scores": {th: round(float(x), 4) for th, x in zip(theme_ids, p)}, "windows": w,
             }, ensure_ascii=False) + "\n")
-    runs.write_json(run_dir / runs.METRICS, metrics)
-    # The pages are rendered from the files just written, so what they show is what metrics.json says.
-    write_reports(run_dir)
+    runs.write_json(run_dir / metrics_file, metrics)
+    metrics["files"] = [metrics_file, predictions_file]
+    if split == "test":
+        # The pages are rendered from the files just written, so what they show is what metrics.json says.
+        write_reports(run_dir)
+        metrics["files"] += ["report.html", "report.md", "README.md"]
     return metrics

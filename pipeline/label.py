@@ -62,8 +62,7 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
     skipping near-copies of ones already picked (TF-IDF cosine > 0.5)."""
     from sklearn.metrics.pairwise import cosine_similarity
 
-    from pipeline.metrics import decide
-    from pipeline.model import load_run, score_texts
+    from pipeline.model import decide, load_run, score_texts
 
     run_dir = runs.check_run_dir(run_dir)
     labelled = set(read_labels(cfg.data.labels, cfg.theme_ids))
@@ -86,7 +85,7 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
         if chosen and cosine_similarity(vectors[rank], vectors[chosen]).max() > 0.5:
             continue
         chosen.append(rank)
-    top, labels = decide(probs, theme_ids, thresholds)
+    _, labels = decide(probs, theme_ids, thresholds)
     out = []
     for rank in chosen:
         i = int(order[rank])
@@ -129,14 +128,16 @@ def agreement(first: Path, second: Path, theme_ids: list[str]) -> dict:
 # Label Studio and doccano: the tools annotators already use. Export writes tasks (id + text) for
 # them; import turns their exports back into our label rows, checked against the schema.
 
-def _label_studio_config(theme_ids: list[str]) -> str:
-    """The labelling interface: one required primary choice (a theme or none), any secondary themes."""
-    primary = "".join(f'<Choice value="{t}"/>' for t in [*theme_ids, NONE])
+def _label_studio_config(theme_ids: list[str], multi_label: bool = True) -> str:
+    """The labelling interface: one required primary choice (a theme, or none where a paragraph may have
+    no theme: multi-label) and, multi-label, any secondary themes."""
+    primary = "".join(f'<Choice value="{t}"/>' for t in [*theme_ids, *([NONE] if multi_label else [])])
     secondary = "".join(f'<Choice value="{t}"/>' for t in theme_ids)
     return (
         '<View>\n  <Text name="text" value="$text"/>\n'
         f'  <Choices name="primary" toName="text" choice="single" required="true">{primary}</Choices>\n'
-        f'  <Choices name="secondary" toName="text" choice="multiple">{secondary}</Choices>\n</View>\n'
+        + (f'  <Choices name="secondary" toName="text" choice="multiple">{secondary}</Choices>\n' if multi_label else "")
+        + '</View>\n'
     )
 
 
@@ -151,7 +152,7 @@ def _rows_to_label(path: Path) -> list[dict]:
     return rows
 
 
-def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str]) -> int:
+def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str], multi_label: bool = True) -> int:
     """Paragraphs of `source` (JSONL with id, text) as Label Studio tasks (JSON, plus the interface
     config beside it as <output>.xml) or doccano text-classification JSONL. Returns the task count."""
     rows = _rows_to_label(source)
@@ -159,7 +160,7 @@ def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str]) -> 
         with runs.atomic_file(output) as f:
             json.dump([{"data": {"text": r["text"], "pid": str(r["id"])}} for r in rows], f, ensure_ascii=False, indent=1)
         with runs.atomic_file(output.with_suffix(".xml")) as f:
-            f.write(_label_studio_config(theme_ids))
+            f.write(_label_studio_config(theme_ids, multi_label))
     elif fmt == "doccano":
         with runs.atomic_file(output) as f:
             f.writelines(json.dumps({"text": r["text"], "pid": str(r["id"])}, ensure_ascii=False) + "\n" for r in rows)
@@ -168,8 +169,18 @@ def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str]) -> 
     return len(rows)
 
 
+def _choices(value) -> list[str]:
+    """A choice as Label Studio's JSON-MIN export writes it: a string, or {"choices": [...]} for several."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return list(value.get("choices", []))
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
-    """(where, data, primary choices, secondary choices) per annotated task; the latest kept annotation wins."""
+    """(where, data, primary choices, secondary choices) per annotated task, from Label Studio's JSON
+    export (the latest kept annotation wins) or its JSON-MIN export (one flat object per task)."""
     try:
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -178,14 +189,28 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
         raise InputError(f"{path}: expected a list of tasks (Label Studio's JSON export), found {type(tasks).__name__}")
     out = []
     for number, task in enumerate(tasks, 1):
+        where = f"{path} task {number}"
+        if not isinstance(task, dict):
+            raise InputError(f"{where}: expected a task object, found {type(task).__name__}")
+        if "annotations" not in task and "data" not in task:  # JSON-MIN: data fields and choices side by side
+            if "primary" in task:
+                out.append((where, task, _choices(task["primary"]), _choices(task.get("secondary"))))
+            continue
         kept = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
         if not kept:
             continue
-        choices = {"primary": [], "secondary": []}
+        choices: dict[str, list[str]] = {"primary": [], "secondary": []}
+        names = set()
         for result in kept[-1].get("result", []):
+            names.add(result.get("from_name"))
             if result.get("from_name") in choices:
                 choices[result["from_name"]] = list(result.get("value", {}).get("choices", []))
-        out.append((f"{path} task {number}", task.get("data", {}), choices["primary"], choices["secondary"]))
+        if not choices["primary"] and names - {"primary", "secondary"}:
+            raise InputError(
+                f"{where}: expected choices named primary/secondary (the interface `pipeline label export` writes, "
+                f"<output>.xml), found {', '.join(sorted(map(str, names)))}; label with that interface"
+            )
+        out.append((where, task.get("data", {}), choices["primary"], choices["secondary"]))
     return out
 
 
@@ -201,7 +226,7 @@ def _from_doccano(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
     return out
 
 
-def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str]) -> dict:
+def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str], multi_label: bool = True) -> dict:
     """Annotations exported from Label Studio or doccano → our label rows (id, primary, secondary, text).
     Tasks nobody annotated are counted, not written."""
     if not source.is_file():
@@ -214,7 +239,7 @@ def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str
         total = sum(1 for line in source.read_text(encoding="utf-8").splitlines() if line.strip())
     else:
         raise InputError(f"--format expects labelstudio or doccano, found {fmt!r}")
-    allowed = set(theme_ids) | {NONE}
+    allowed = set(theme_ids) | ({NONE} if multi_label else set())
     rows = []
     for where, data, primary, secondary in annotated:
         if "pid" not in data or "text" not in data:

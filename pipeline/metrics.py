@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from pipeline.model import decide
+
 NONE = "none"
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -34,18 +36,6 @@ def choose_thresholds(probs: np.ndarray, gold: np.ndarray, theme_ids: list[str])
         scores = [f1_score(gold[:, j], probs[:, j] >= t, zero_division=0) for t in THRESHOLD_GRID]
         thresholds[theme] = float(THRESHOLD_GRID[int(np.argmax(scores))])
     return thresholds
-
-
-def decide(probs: np.ndarray, theme_ids: list[str], thresholds: dict[str, float] | None):
-    """(top theme per row, themes above threshold per row). Without thresholds (single-label) labels = [top]."""
-    top = [theme_ids[i] for i in probs.argmax(axis=1)]
-    if thresholds is None:
-        return top, [[t] for t in top]
-    cut = np.array([thresholds[t] for t in theme_ids])
-    labels = [[theme_ids[j] for j in np.flatnonzero(row >= cut)] for row in probs]
-    # Order labels by score so the first is the strongest.
-    labels = [sorted(ls, key=lambda t: -probs[i, theme_ids.index(t)]) for i, ls in enumerate(labels)]
-    return top, labels
 
 
 def predicted_primary(top: list[str], labels: list[list[str]], multi_label: bool) -> list[str]:

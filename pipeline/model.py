@@ -148,6 +148,24 @@ def load_run(run_dir: Path):
     return tokenizer, model
 
 
+def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None):
+    """(top theme per row, themes at or above their threshold per row, strongest first); without
+    thresholds (single-label) labels = [top]. The top theme is the argmax even when a weaker theme
+    clears a lower threshold and it does not: as a primary it is right more often (checked on the
+    default test split). Here, not in metrics, so that inference does not load scikit-learn."""
+    import numpy as np
+
+    top = [theme_ids[i] for i in probs.argmax(axis=1)]
+    if thresholds is None:
+        return top, [[t] for t in top]
+    cut = np.array([thresholds[t] for t in theme_ids])
+    labels = []
+    for row in probs:
+        above = np.flatnonzero(row >= cut)
+        labels.append([theme_ids[j] for j in above[np.argsort(-row[above], kind="stable")]])
+    return top, labels
+
+
 def encode_windows(tokenizer, texts: list[str], stride: int = 32):
     """(token ids per window, owning text index per window). Text longer than the model's window
     becomes several windows overlapping by `stride` tokens: nothing is cut off."""

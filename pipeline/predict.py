@@ -33,7 +33,7 @@ import numpy as np
 from pipeline import runs
 from pipeline.data import ARTICLE_SUFFIXES, Dropped, Paragraph, clean_article, decode, read_jsonl_records, read_paragraphs
 from pipeline.errors import InputError, PipelineError
-from pipeline.model import EXPORT_INFO, cpu_count, encode_windows, load_scorer, resolve_precision, score_windows
+from pipeline.model import EXPORT_INFO, cpu_count, decide, encode_windows, load_scorer, resolve_precision, score_windows
 
 CHUNK = 512  # records read and tokenised together: big enough to sort by length, small enough to stream
 MAIN_SHARE = 0.25  # a theme carried by at least this share of an article's paragraphs is one of its main themes
@@ -179,21 +179,6 @@ def _estimate_total(inputs: list[str]) -> int | None:
         with path.open("rb") as handle:
             total += sum(1 for line in handle if line.strip())
     return total
-
-
-def decide(probs: np.ndarray, theme_ids: list[str], thresholds: dict[str, float] | None):
-    """(top theme per row, themes at or above their threshold per row, strongest first); without
-    thresholds (single-label) labels = [top]. The rule of pipeline.metrics.decide, kept here because
-    importing metrics loads scikit-learn and pandas, 180 MB that inference does not need."""
-    top = [theme_ids[i] for i in probs.argmax(axis=1)]
-    if thresholds is None:
-        return top, [[t] for t in top]
-    cut = np.array([thresholds[t] for t in theme_ids])
-    labels = []
-    for row in probs:
-        above = np.flatnonzero(row >= cut)
-        labels.append([theme_ids[j] for j in above[np.argsort(-row[above], kind="stable")]])
-    return top, labels
 
 
 class _Writer:

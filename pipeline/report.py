@@ -427,7 +427,7 @@ def render_markdown(view: dict) -> str:
     m = view["m"]
     primary, base = m["primary"], m["baselines"]
     lines = [f"# Evaluation report: {view['name']}", ""]
-    lines += [f"Split `{m['split']}`: {m['n']} paragraphs, {m['n_with_theme']} with a theme. Mode: {m['mode']}.", ""]
+    lines += [f"Split `{m['split']}`: {m['n']} paragraphs, {m['n_with_theme']} with a theme. Mode: {m['mode']}.{_left_out(m)}", ""]
     lines += ["## Headline", "", f"**{verdict(m)[1]}**", ""]
     lines += ["| figure | model | 95% CI | TF-IDF char LR | majority | model − TF-IDF (95% CI) |", "|---|---|---|---|---|---|"]
     paired = m.get("confidence_intervals", {}).get("vs_baselines", {}).get("tfidf_char_lr", {})
@@ -466,8 +466,14 @@ def render_markdown(view: dict) -> str:
         for theme, c in curves["per_theme"].items():
             lines.append(f"| {theme} | " + " | ".join(f"{_f(c['precision'][i], 2)}/{_f(c['recall'][i], 2)}" for i in shown) + " |")
     cm = m.get("assigned", primary)["confusion_matrix"]
-    lines += ["", "## Confusion matrix (rows gold, columns predicted)", "", "| gold \\ predicted | " + " | ".join(cm["labels"]) + " |",
-              "|---|" + "---|" * len(cm["labels"])]
+    lines += ["", "## Confusion matrix (rows gold, columns predicted)", ""]
+    if "assigned" in m:
+        a = m["assigned"]
+        lines += [f"All {m['n']} paragraphs as the model answers them: the top theme, or none when no theme clears its "
+                  f"threshold. (The per-theme table scores the top theme on the {m['n_with_theme']} paragraphs with a "
+                  f"theme, whatever its score, so its recall also counts rows this matrix shows under none.) End to end, "
+                  f"{len(cm['labels'])} classes: accuracy {_f(a['accuracy'])}, macro-F1 {_f(a['macro_f1'])}.", ""]
+    lines += ["| gold \\ predicted | " + " | ".join(cm["labels"]) + " |", "|---|" + "---|" * len(cm["labels"])]
     for label, row in zip(cm["labels"], cm["matrix"]):
         lines.append(f"| {label} | " + " | ".join(str(x) for x in row) + " |")
     if "calibration" in m:
@@ -491,6 +497,9 @@ def render_markdown(view: dict) -> str:
                 cells += [_f(sc["accuracy"]) if sc else "-", _f(sc["macro_f1"]) if sc else "-"]
             lines.append(f"| {b['range']} | {b['n']} | " + " | ".join(cells) + " |")
     lines += ["", f"## Worst mistakes ({len(view['mistakes'])} most confident of {view['n_mistakes']})", "",
+              f"The answer as in the confusion matrix ≠ the gold primary, over all {m['n']} paragraphs. Confidence is the "
+              "top theme's score" + (" (for a `none` answer, the score that fell short of its threshold)." if "assigned" in m
+                                     else "."), "",
               "| confidence | gold | predicted | text |", "|---|---|---|---|"]
     for x in view["mistakes"]:
         lines.append(f"| {x['confidence']:.2f} | {x['gold']} | {x['predicted']} | {_md_cell(x['text'], 80)} |")
@@ -529,7 +538,7 @@ def render_html(view: dict) -> str:
     m = view["m"]
     primary = m["primary"]
     parts = [f"<h1>Evaluation report: {_e(view['name'])}</h1>",
-             f'<p class="sub">Split <code>{_e(m["split"])}</code>: {m["n"]} paragraphs, {m["n_with_theme"]} with a theme. '
+             f'<p class="sub">Split <code>{_e(m["split"])}</code>: {m["n"]} paragraphs, {m["n_with_theme"]} with a theme.{_e(_left_out(m))} '
              f'Mode: {_e(m["mode"])}. Model: {_e(m["run"]["model"])}. Evaluated {_e(m["run"]["evaluated_at"])}.</p>',
              _headline_html(m)]
     ci_info = m.get("confidence_intervals")
@@ -554,8 +563,10 @@ def render_html(view: dict) -> str:
               '<div class="panel">' + _table(["theme", "precision", "recall", "F1", "support"], rows, raw=True) + "</div>"]
 
     cm_source = "assigned" if "assigned" in m else "primary"
-    cm_note = ("the assigned primary: the top theme, or none when no theme clears its threshold" if cm_source == "assigned"
-               else "the top theme against the gold primary")
+    cm_note = (f"all {m['n']} paragraphs as the model answers them: the top theme, or none when no theme clears its "
+               f"threshold; end to end accuracy {_f(m['assigned']['accuracy'])}, macro-F1 {_f(m['assigned']['macro_f1'])} "
+               f"(the per-theme table scores the top theme on paragraphs with a theme, whatever its score)"
+               if cm_source == "assigned" else "the top theme against the gold primary")
     cal_html = ""
     if "calibration" in m:
         cal = m["calibration"]
@@ -599,7 +610,9 @@ def render_html(view: dict) -> str:
     table = _table(["confidence", "gold", "predicted", "text"], rows, raw=True, left=(1, 2, 3))
     parts += ["<h2>Worst mistakes</h2>",
               f'<p class="note">The {len(view["mistakes"])} most confident of {view["n_mistakes"]} mistakes '
-              f"(assigned primary ≠ gold primary); all predictions are in predictions.jsonl.</p>",
+              f"(the answer as in the confusion matrix ≠ the gold primary). Confidence is the top theme's score"
+              + (": for a none answer, the score that fell short of its threshold." if "assigned" in m else ".")
+              + " All predictions are in predictions.jsonl.</p>",
               f'<div class="panel" id="mistakes">{table}</div>']
 
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in _identity(view))
@@ -665,7 +678,8 @@ def render_model_card(view: dict) -> str:
              "## Training data", "",
              f"- Labelled data: {sources}"
              + (f"; articles from {', '.join(data_cfg['inputs'])}." if data_cfg.get("inputs") else "."),
-             f"- {sizes} (stratified by primary label, seed {run['seed']}); evaluated on the `{m['split']}` split, "
+             f"- {sizes} (stratified by primary label, seed {run['seed']}, except rows whose split the data pins); "
+             f"evaluated on the `{m['split']}` split, "
              f"{m['n']} texts ({m['n_with_theme']} with a label).",
              "- Split hashes (sha256): " + ", ".join(f"{k} `{v[:16]}…`" for k, v in run["data_sha256"].items()), "",
              "## Metrics", "",
@@ -687,9 +701,11 @@ def render_model_card(view: dict) -> str:
     lines += ["", "## Limitations", "",
               f"- Small evaluation set ({m['n']} paragraphs)" + (f": the 95% intervals are up to {max(widths):.2f} wide, so "
                                                                 "small differences between runs are noise." if widths else "."),
-              "- Labels overlap in meaning; the gold labels are one annotation, and the worst mistakes in "
-              "`report.html` include label disagreements as well as model errors.",
-              "- Trained on one source of text (see Training data); vocabulary, style and topics drift over time.",
+              "- Labels overlap in meaning, and the gold labels are only as good as the labelled data (see its dataset "
+              "card for who labelled it and how consistently); the worst mistakes in `report.html` include label "
+              "disagreements as well as model errors.",
+              "- Trained only on the text listed under Training data; vocabulary, style and topics drift over time, so "
+              "check the metrics on a labelled sample before relying on it for other text.",
               "- Scores are model confidences, calibrated only as far as the report shows" +
               (f" (expected calibration error of the top theme {m['calibration']['ece']:.3f})" if "calibration" in m else "") +
               "; decide with the tuned thresholds, not with 0.5.",
@@ -720,8 +736,13 @@ def render_model_card(view: dict) -> str:
     lines.append("- " + ", ".join(f"{k} {v}" for k, v in train_cfg.items()) if train_cfg else "- see config.yaml")
     if view["train"]:
         t = view["train"]
-        lines.append(f"- {t.get('epochs_run', '?')} epochs run in {t.get('train_seconds', '?')} s; best validation macro-F1 "
-                     f"{_f(t.get('best_validation_macro_f1'))}")
+        history = t.get("validation_history") or []
+        best = max(history, key=lambda e: e["macro_f1"], default=None)
+        lines.append(f"- {t.get('epochs_run', '?')} epochs run in {t.get('train_seconds', '?')} s "
+                     f"({t.get('precision', 'float32')}); the weights are the best validation epoch's"
+                     + (f" (epoch {best['epoch']:g}, macro-F1 {_f(best['macro_f1'])})" if best else "")
+                     + (f"; {t['train_windows']} training windows from {view['data'].get('train_paragraphs', '?')} "
+                        f"paragraphs (longer text split into overlapping windows, nothing cut)" if "train_windows" in t else ""))
     lines += [f"- The full resolved configuration is `config.yaml` in this folder; evaluated {run['evaluated_at']} "
               f"on {run['machine']}.", ""]
     return "\n".join(lines)
@@ -736,6 +757,12 @@ def write_reports(run_dir: str | Path) -> dict[str, Path]:
         with runs.atomic_file(out[key]) as f:
             f.write(render(view))
     return out
+
+
+def _left_out(m: dict) -> str:
+    """Single-label runs score labelled rows only; say how many of the split had no label."""
+    n = m.get("left_out_without_label") or 0
+    return f" {n} rows of the split have no label and are left out (a single-label model always answers one)." if n else ""
 
 
 # ---- Cross-validation page -----------------------------------------------------------------------

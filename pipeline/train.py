@@ -30,7 +30,7 @@ from pipeline.config import Config, config_dict, save_config
 from pipeline.data import NONE, file_sha256, load_split, resolve_schema
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.metrics import choose_thresholds, membership, selection_score
-from pipeline.model import build_classifier, resolve_precision, score_texts
+from pipeline.model import build_classifier, encode_windows, resolve_precision, score_texts
 
 log = logging.getLogger("pipeline")
 
@@ -191,7 +191,8 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
         dropped = sum(r["primary"] == NONE for r in train_rows + val_rows)
         train_rows = [r for r in train_rows if r["primary"] != NONE]
         val_rows = [r for r in val_rows if r["primary"] != NONE]
-        log.info("single_label mode: %d paragraphs labelled none left out of train/validation", dropped)
+        if dropped:
+            log.warning("single_label mode: %d paragraphs without a label (none) left out of train/validation", dropped)
     if not train_rows or not val_rows:
         raise InputError(
             f"{data_dir}: train has {len(train_rows)} and validation {len(val_rows)} usable paragraphs; "
@@ -250,20 +251,31 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
     tokenizer, model = build_classifier(cfg.model, theme_ids, multi, [r["text"] for r in train_rows])
 
     def encode(rows):
-        ds = Dataset.from_dict({"text": [r["text"] for r in rows],
-                                "labels": _targets(rows, theme_ids, multi, cfg.train.secondary_weight)})
-        return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=tokenizer.model_max_length),
-                      batched=True, remove_columns=["text"])
+        # Paragraphs longer than the model's window are trained on as overlapping windows, each with
+        # the paragraph's labels, the windows evaluate and predict score: nothing is cut off.
+        ids, owners = encode_windows(tokenizer, [r["text"] for r in rows])
+        targets = _targets(rows, theme_ids, multi, cfg.train.secondary_weight)
+        return Dataset.from_dict({"input_ids": ids, "labels": [targets[o] for o in owners]}), np.asarray(owners)
 
-    train_ds, val_ds = encode(train_rows), encode(val_rows)
+    (train_ds, train_owners), (val_ds, val_owners) = encode(train_rows), encode(val_rows)
+    windows = {"train_windows": len(train_owners), "validation_windows": len(val_owners),
+               "train_paragraphs_over_one_window": int((np.bincount(train_owners) > 1).sum())}
+    if main:
+        log.info("training on %d windows of %d paragraphs (%d longer than one %d-token window, split with overlap)",
+                 len(train_owners), len(train_rows), windows["train_paragraphs_over_one_window"],
+                 tokenizer.model_max_length)
 
     def compute_metrics(pred):
         # The Trainer gathers every process's predictions, in dataset order, without the padding copies:
-        # the score is over the whole validation split, the same in each process.
-        if len(pred.predictions) != len(val_rows):
-            raise RuntimeError(f"validation predictions: {len(pred.predictions)}, expected {len(val_rows)}")
-        logits = torch.tensor(pred.predictions)
-        probs = (torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).numpy()
+        # the score is over the whole validation split, the same in each process. A paragraph's score
+        # is the mean of its windows' probabilities, as in evaluate and predict.
+        if len(pred.predictions) != len(val_owners):
+            raise RuntimeError(f"validation predictions: {len(pred.predictions)}, expected {len(val_owners)} windows")
+        logits = torch.tensor(pred.predictions, dtype=torch.float32)
+        window_probs = (torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).numpy()
+        probs = np.zeros((len(val_rows), window_probs.shape[1]), dtype=np.float32)
+        np.add.at(probs, val_owners, window_probs)
+        probs /= np.bincount(val_owners, minlength=len(val_rows))[:, None]
         return {"macro_f1": selection_score(val_rows, probs, theme_ids, multi)}
 
     start = time.time()
@@ -297,7 +309,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
             model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
         trainer.save_model(str(staged))  # every process calls it (sharded models gather); the main one writes
         if main:
-            _write_run_files(staged, cfg, data_dir, trainer, result, train_rows, val_rows, checkpoint, start)
+            _write_run_files(staged, cfg, data_dir, trainer, result, train_rows, val_rows, windows, checkpoint, start)
             runs.check_replaceable(final, runs.RESOLVED_CONFIG)
             runs.publish_dir(staged, final)
             runs.point_latest(models_dir, final)
@@ -312,7 +324,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,
-                     checkpoint: Path | None, start: float) -> None:
+                     windows: dict, checkpoint: Path | None, start: float) -> None:
     (run_dir / runs.PICKLED_ARGS).unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
     save_config(cfg, run_dir / runs.RESOLVED_CONFIG)
     runs.write_json(run_dir / runs.DATA_INFO, {
@@ -333,6 +345,7 @@ def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result
         "best_validation_macro_f1": trainer.state.best_metric,
         "validation_history": [{"epoch": e["epoch"], "macro_f1": e["eval_macro_f1"]} for e in history],
         "thresholds": getattr(trainer.model.config, "theme_thresholds", None),
+        **windows,
     })
 
 

@@ -329,3 +329,14 @@ def test_prepare_reports_near_duplicates_and_keeps_them_together(project):
         for line in (PREPARED / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
             home[json.loads(line)["id"]] = name
     assert all(home[f"copy:{i}"] == home[labelled[i]["id"]] for i in range(6))
+
+
+def test_prepare_two_inputs_with_one_name_would_share_ids(project):
+    article = next(Path("data/raw").glob("*.txt"))
+    for folder in ("a", "b"):
+        Path(f"data/more/{folder}").mkdir(parents=True)
+        shutil.copy(article, f"data/more/{folder}/{article.name}")
+    result = invoke("prepare", "configs/tiny.yaml", "--set", 'data.inputs=["data/more"]')
+    assert result.exit_code == 2
+    assert f"two inputs share the name '{article.stem}': rename one of them" in result.output
+    assert "Traceback" not in result.output and not Path("data/prepared-tiny").exists()

@@ -94,3 +94,37 @@ def test_doccano_round_trip_and_unknown_theme(project, tmp_path):
     out.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     result = invoke("label", "import", out, "--format", "doccano", "-o", labels, "--config", "configs/tiny.yaml")
     assert result.exit_code == 2 and f"{out}:1: unknown theme 'welfare'" in result.output
+
+
+def test_label_tools_take_a_schema_derived_from_the_data(project, tmp_path):
+    # A single-label config with themes: null: export offers its own labels (no none, no secondary),
+    # import checks against them, from Label Studio's JSON-MIN export too.
+    (tmp_path / "news.csv").write_text("text,label\n" + "".join(f"体育新闻第{i}条。,sports\n财经新闻第{i}条。,finance\n" for i in range(6)),
+                                       encoding="utf-8")
+    cfg = tmp_path / "own.yaml"
+    cfg.write_text(f"run_name: own\nthemes: null\ndata:\n  tables: [{{path: {tmp_path / 'news.csv'}}}]\n"
+                   f"  output_dir: {tmp_path / 'prepared'}\ntrain:\n  mode: single_label\n", encoding="utf-8")
+    todo = _write(tmp_path / "todo.jsonl", [{"id": "n1", "text": "女排夺冠。"}, {"id": "n2", "text": "股市收涨。"}])
+    out = tmp_path / "tasks.json"
+    result = invoke("label", "export", todo, "--format", "labelstudio", "-o", out, "--config", cfg)
+    assert result.exit_code == 2 and "schema.json not found; run `pipeline prepare CONFIG` first" in result.output
+    assert invoke("prepare", cfg).exit_code == 0
+    assert invoke("label", "export", todo, "--format", "labelstudio", "-o", out, "--config", cfg).exit_code == 0
+    xml = out.with_suffix(".xml").read_text()
+    assert '<Choice value="sports"/>' in xml and "none" not in xml and "secondary" not in xml
+    minimal = tmp_path / "min.json"  # JSON-MIN: one flat object per task, the choice as a string
+    minimal.write_text(json.dumps([{"id": 1, "text": "女排夺冠。", "pid": "n1", "primary": "sports"},
+                                   {"id": 2, "text": "股市收涨。", "pid": "n2"}], ensure_ascii=False), encoding="utf-8")
+    labels = tmp_path / "labels.jsonl"
+    result = invoke("label", "import", minimal, "--format", "labelstudio", "-o", labels, "--config", cfg)
+    assert result.exit_code == 0, result.output
+    assert "1 labelled paragraphs" in result.output and "1 tasks not annotated yet" in result.output
+    assert json.loads(labels.read_text(encoding="utf-8")) == {"id": "n1", "primary": "sports", "secondary": [], "text": "女排夺冠。"}
+    other_ui = tmp_path / "other.json"
+    other_ui.write_text(json.dumps([{"data": {"text": "股市收涨。", "pid": "n2"}, "annotations": [
+        {"result": [{"from_name": "label", "type": "choices", "value": {"choices": ["finance"]}}]}]}]), encoding="utf-8")
+    result = invoke("label", "import", other_ui, "--format", "labelstudio", "-o", labels, "--config", cfg)
+    assert result.exit_code == 2 and "expected choices named primary/secondary" in result.output and "found label" in result.output
+    b = _write(tmp_path / "b.jsonl", [{"id": "n1", "primary": "sports"}, {"id": "n2", "primary": "finance"}])
+    result = invoke("label", "agreement", b, b, "--config", cfg)
+    assert result.exit_code == 0 and "kappa 1.000" in result.output

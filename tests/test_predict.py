@@ -245,18 +245,20 @@ def test_bfloat16_matches_the_float_model(tiny_run, tmp_path):
     assert (exact.argmax(1) == low.argmax(1))[clear].all()
 
 
-def test_decide_follows_the_metrics_rule():
+def test_decide_label_is_the_top_theme_labels_those_over_their_threshold():
     import numpy as np
 
-    from pipeline import metrics
-    from pipeline.predict import decide
+    from pipeline.model import decide
 
     themes = ["economy", "renewal", "culture"]
-    probs = np.array([[0.9, 0.6, 0.1], [0.2, 0.3, 0.4], [0.5, 0.7, 0.7], [0.1, 0.1, 0.1]])
+    probs = np.array([[0.9, 0.6, 0.1], [0.2, 0.3, 0.4], [0.5, 0.7, 0.7], [0.1, 0.1, 0.1], [0.45, 0.1, 0.35]])
     thresholds = {"economy": 0.5, "renewal": 0.5, "culture": 0.3}
-    assert decide(probs, themes, thresholds) == metrics.decide(probs, themes, thresholds)
-    assert decide(probs, themes, thresholds)[1] == [["economy", "renewal"], ["culture"], ["renewal", "culture", "economy"], []]
-    assert decide(probs, themes, None) == metrics.decide(probs, themes, None)
+    top, labels = decide(probs, themes, thresholds)
+    assert top == ["economy", "culture", "renewal", "economy", "economy"]
+    # Strongest first; ties keep the schema's order; empty means no theme; the top theme may miss its
+    # threshold while a weaker theme clears a lower one (last row).
+    assert labels == [["economy", "renewal"], ["culture"], ["renewal", "culture", "economy"], [], ["culture"]]
+    assert decide(probs, themes, None) == (top, [[t] for t in top])
 
 
 def test_cls_only_last_layer_gives_the_full_models_scores(tiny_run):

@@ -120,3 +120,85 @@ def test_missing_column_unnamed_id_and_label_only_in_test(tmp_path):
     assert result.exit_code == 2
     assert f"{test}:2: label 'realty' appears in test but never in train" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cv_on_a_derived_schema_keeps_near_copies_in_one_fold(tmp_path):
+    import csv
+
+    # Each headline twice, the copy re-numbered: a near-duplicate that must not be in two folds.
+    rows = [(t, c) for t, c in ROWS] + [(f"{t[:-1]}(第2版)。", c) for t, c in ROWS[:6]]
+    src = tmp_path / "news.csv"
+    with src.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], *rows])
+    cfg = _config(tmp_path, [{"path": str(src)}], epochs=1)
+    assert invoke("prepare", cfg, "--set", "data.test_fraction=0").exit_code == 0
+    result = invoke("cv", cfg, "--folds", "2")
+    assert result.exit_code == 0, result.output
+    assert "primary macro-F1:" in result.output
+    out = tmp_path / "models" / "own-cv"
+    summary = json.loads((out / "cv.json").read_text())
+    assert len(summary["summary"]["primary macro-F1"]["folds"]) == 2
+    assert set(summary["data_sha256"]) == {"train", "validation"} and summary["config"]["run_name"] == "own"
+    assert summary["near_duplicate_groups"] == 6
+    for k in range(2):
+        assert json.loads((out / f"data-fold-{k}" / "schema.json").read_text()) == NAMES
+    held = [{json.loads(l)["text"] for l in (out / f"data-fold-{k}" / "test.jsonl").read_text(encoding="utf-8").splitlines()}
+            for k in range(2)]
+    for text, _ in ROWS[:6]:
+        copy = f"{text[:-1]}(第2版)。"
+        assert (text in held[0]) == (copy in held[0]) and (text in held[1]) == (copy in held[1]), text
+
+
+def test_table_cells_with_line_breaks_float_ids_and_bad_label_names(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "news.csv"  # a quoted cell spanning two lines keeps its line break; line numbers count lines
+    src.write_text('text,label\n"第一行\n第二行",finance\n' + "".join(f'"{t}",{c}\n' for t, c in ROWS) + "楼市回暖,real estate\n",
+                   encoding="utf-8")
+    result = invoke("prepare", _config(tmp_path, [{"path": str(src)}]))
+    assert result.exit_code == 2
+    assert f"{src}:28: label 'real estate' contains whitespace" in result.output and "'real_estate'" in result.output
+    src.write_text(src.read_text(encoding="utf-8").replace("real estate", "realty"), encoding="utf-8")
+    assert invoke("prepare", _config(tmp_path, [{"path": str(src)}])).exit_code == 0
+    rows = {r["id"]: r for s in _splits(tmp_path).values() for r in s}
+    assert rows["news:2"]["text"] == "第一行 第二行", "the line break is whitespace, normalised to a space, not lost"
+    assert rows["news:4"]["text"] == ROWS[0][0], "the row after the two-line cell starts on line 4"
+
+    # An integer label column with a missing value reads as floats (9.0): ids still map to names.
+    (tmp_path / "class.txt").write_text("\n".join(NAMES) + "\n", encoding="utf-8")
+    ids = [float(NAMES.index(c)) for _, c in ROWS]
+    pq.write_table(pa.table({"text": [t for t, _ in ROWS], "label": ids}), tmp_path / "news.parquet")
+    cfg = _config(tmp_path, [{"path": str(tmp_path / "news.parquet"), "label_names": str(tmp_path / "class.txt")}])
+    result = invoke("prepare", cfg)
+    assert result.exit_code == 0, result.output
+    assert {r["primary"] for s in _splits(tmp_path).values() for r in s} == set(NAMES)
+    (tmp_path / "class.txt").write_text("finance\nnone\nsports\n", encoding="utf-8")
+    result = invoke("prepare", cfg)
+    assert result.exit_code == 2 and "a class is named 'none', which means 'no label' here" in result.output
+
+
+def test_single_label_rows_without_a_label_are_counted_not_lost(tmp_path):
+    import csv
+
+    src = tmp_path / "news.csv"
+    with src.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], *ROWS, ["今天天气晴朗。", ""], ["明日有小雨。", ""], ["周末气温回升。", ""]])
+    cfg = _config(tmp_path, [{"path": str(src)}], epochs=1)
+    result = invoke("run", cfg)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "prepared" / "prepare_report.json").read_text())
+    assert report["without_label"] == 3
+    in_test = sum(r["primary"] == "none" for r in _splits(tmp_path)["test"])
+    metrics = json.loads((tmp_path / "models" / "own" / "metrics.json").read_text())
+    assert metrics["left_out_without_label"] == in_test and metrics["n"] == len(_splits(tmp_path)["test"]) - in_test
+    if in_test:
+        assert f"{in_test} rows of the split have no label and are left out" in (tmp_path / "models" / "own" / "report.md").read_text()
+    # Scoring validation writes its own files and leaves the test evaluation as it was.
+    before = (tmp_path / "models" / "own" / "metrics.json").read_bytes()
+    result = invoke("evaluate", tmp_path / "models" / "own", "--split", "validation")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / "own" / "metrics-validation.json").is_file()
+    assert (tmp_path / "models" / "own" / "metrics.json").read_bytes() == before
+    result = invoke("evaluate", tmp_path / "models" / "own", "--split", "dev")
+    assert result.exit_code == 2 and "--split expects test or validation, found 'dev'" in result.output
