@@ -1,4 +1,4 @@
 """`python -m pipeline` runs the CLI."""
-from pipeline.cli import app
+from pipeline.cli import main
 
-app()
+main()

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,8 +54,20 @@ def handle_errors(func):
         except KeyboardInterrupt:
             typer.echo("interrupted; nothing half-written was kept", err=True)
             raise typer.Exit(130) from None
+        except Terminated:
+            typer.echo("terminated (SIGTERM); nothing half-written was kept", err=True)
+            raise typer.Exit(143) from None
 
     return wrapper
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (what timeout, docker stop and Slurm send), so that the same
+    clean-up as for Ctrl-C runs: temporary files and folders are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 @app.command()
@@ -145,7 +158,7 @@ def predict(
     model: Path = typer.Option(Path("models/latest"), "--model", help="Run directory, or an export folder from `pipeline export`."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file ({shard} becomes the shard index); stdout if omitted."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
-    batch_size: int = typer.Option(64, help="Windows per forward pass."),
+    batch_size: int = typer.Option(64, min=1, help="Windows per forward pass (rounded up to a multiple of 16)."),
     summary: Optional[str] = typer.Option(None, "--summary", help="Also write one JSON line per article: theme shares, main themes."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: only records k with k mod n = i; auto: from RANK/WORLD_SIZE (torchrun)."),
     engine: str = typer.Option("auto", "--engine", help="auto, torch or onnx (a run's export-onnx folder)."),
@@ -205,7 +218,11 @@ def run(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt):
         seconds[stage] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
 
-    _print_prepare(run_prepare(cfg), cfg.data.output_dir)
+    report = run_prepare(cfg)
+    _print_prepare(report, cfg.data.output_dir)
+    if not report["splits"]["test"]["paragraphs"]:  # say so now, not after training
+        raise PipelineError(f"{cfg.data.output_dir}/test.jsonl is empty, so `run` would have nothing to evaluate on: "
+                            f"raise data.test_fraction, or give a test table (data.tables[].split: test)")
     lap("prepare")
     _resolve_base(cfg)
     lap("pretrain")  # near zero when the base is reused
@@ -276,7 +293,7 @@ def _label_schema(config: Path):
 @label_app.command("check")
 @handle_errors
 def label_check(config: Path = ConfigArg, output: Path = typer.Option(Path("label_check.jsonl"), "--output", "-o"),
-                min_confidence: float = typer.Option(0.6, help="Report disagreements at least this confident."),
+                min_confidence: float = typer.Option(0.6, min=0.0, max=1.0, help="Report disagreements at least this confident (0-1)."),
                 set_: Optional[list[str]] = SetOpt):
     """List likely label errors: cross-validated predictions that confidently disagree with the gold label."""
     from pipeline.label import check
@@ -345,4 +362,5 @@ def label_import(source: Path = typer.Argument(..., help="The annotation export 
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()

@@ -109,10 +109,10 @@ class PretrainConfig(Strict):
     )
     save_half: bool = Field(False, description="Store the weights as float16 (half the size, e.g. to ship a base in git).")
     vocab_min_count: int = Field(2, ge=1, description="Characters seen fewer times map to [UNK].")
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 1024
+    hidden_size: int = Field(256, ge=8, description="Width of the BERT to pretrain.")
+    num_layers: int = Field(4, ge=1, description="Transformer layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads; must divide hidden_size.")
+    intermediate_size: int = Field(1024, ge=8, description="Feed-forward width.")
     max_length: int = Field(128, ge=16, le=512, description="Tokens per pretraining sequence.")
     max_steps: int = Field(3000, ge=1, description="Optimiser steps; the budget knob.")
     batch_size: int = Field(64, ge=1)
@@ -122,6 +122,12 @@ class PretrainConfig(Strict):
     whole_word_masking: bool = Field(False, description="Mask whole words from the corpus' segmentation.")
     heldout_fraction: float = Field(0.02, gt=0, lt=0.5, description="Paragraphs kept out for perplexity.")
     save_steps: int = Field(500, ge=1, description="Checkpoint interval, for resuming.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "PretrainConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        return self
 
 
 class TrainConfig(Strict):
@@ -170,7 +176,10 @@ class Config(Strict):
             path = Path(value)
             if not path.is_file():
                 raise ValueError(f"themes file {value} not found")
-            value = yaml.safe_load(path.read_text(encoding="utf-8"))
+            try:
+                value = load_yaml(path.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+                raise ValueError(f"themes file {value} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
         return value
 
     @model_validator(mode="after")
@@ -211,21 +220,52 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid config {source}: " + "; ".join(problems)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice: YAML would keep the last silently, so a second `train:`
+    section would replace the first whole."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one mapping; "
+                                  f"merge the two into one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, refusing duplicate keys."""
+    loader = _UniqueKeys(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass a YAML file such as configs/default.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections, found {type(raw).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value (e.g. train.epochs=3), found {item!r}")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              f"quote text values, e.g. --set '{key.strip()}=\"...\"'") from None
+        _set_dotted(raw, key.strip(), parsed)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

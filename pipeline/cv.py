@@ -9,6 +9,7 @@ models/<run_name>-cv/: fold-<k>/ run directories, cv.json, cv.md and cv.html (pi
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 from collections import defaultdict
@@ -17,9 +18,12 @@ from pathlib import Path
 from pipeline import runs
 from pipeline.config import Config, config_dict
 from pipeline.data import SCHEMA_FILE, file_sha256, load_split, near_duplicates, split_rows, stable_key
+from pipeline.errors import InputError
 from pipeline.evaluate import evaluate
 from pipeline.report import write_cv_reports
 from pipeline.train import train
+
+log = logging.getLogger("pipeline")
 
 FIGURES = {
     "primary macro-F1": lambda m: m["primary"]["macro_f1"],
@@ -55,11 +59,18 @@ def cv(cfg: Config, folds: int = 5) -> dict:
     out = Path(cfg.train.output_dir) / f"{cfg.run_name}-cv"
     out.mkdir(parents=True, exist_ok=True)
     unit_of = _units(pool)
-    per_fold = []
+    plan = []  # every fold's splits, checked before any training starts
     for k, held in enumerate(_folds(pool, folds, cfg.seed, unit_of)):
         held_ids = {r["id"] for r in held}
-        rest = [r for r in pool if r["id"] not in held_ids]
-        inner = split_rows(rest, cfg.data.validation_fraction or 0.1, 0.0, cfg.seed, groups=unit_of)
+        inner = split_rows([r for r in pool if r["id"] not in held_ids], cfg.data.validation_fraction or 0.1, 0.0,
+                           cfg.seed, groups=unit_of)
+        if not held or not inner["validation"]:
+            raise InputError(f"--folds {folds}: fold {k} would get {len(held)} held-out and {len(inner['validation'])} "
+                             f"validation paragraphs from the {len(pool)} pooled ones; choose fewer folds")
+        plan.append((held, inner))
+    per_fold = []
+    for k, (held, inner) in enumerate(plan):
+        log.info("fold %d of %d: training on %d paragraphs, scoring %d", k + 1, folds, len(inner["train"]), len(held))
         fold_data = out / f"data-fold-{k}"
         fold_data.mkdir(exist_ok=True)
         for name, rows in (("train", inner["train"]), ("validation", inner["validation"]), ("test", held)):

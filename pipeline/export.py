@@ -95,7 +95,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
     out = Path(output) if output else default_dir(run_dir, fmt, quantize)
     tokenizer, model = load_run(run_dir)
     info = {"format": fmt, "quantize": quantize, "source": str(run_dir.resolve())}
-    with runs.atomic_dir(out) as tmp:
+    with runs.atomic_dir(out, marker=EXPORT_INFO) as tmp:  # replaces only an earlier export, never another folder
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
         shutil.copy(run_dir / runs.RESOLVED_CONFIG, tmp / runs.RESOLVED_CONFIG)

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import runs
 from pipeline.config import Config
-from pipeline.data import NONE, Dropped, iter_jsonl, read_labels, read_paragraphs, read_text
+from pipeline.data import NONE, Dropped, iter_jsonl, read_labels, read_paragraphs, read_table, read_text
 from pipeline.errors import InputError
 from pipeline.metrics import membership
 
@@ -35,6 +35,7 @@ def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6
 
     labels = read_labels(cfg.data.labels, cfg.theme_ids)
     rows = [{"id": i, **lab} for i, lab in labels.items() if lab["text"]]
+    rows += [row for source in cfg.data.tables for row in read_table(source)]
     if len(rows) < folds * 2:
         raise InputError(f"label check needs at least {folds * 2} labelled rows with text, found {len(rows)}")
     y = [r["primary"] for r in rows]
@@ -156,6 +157,9 @@ def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str], mul
     """Paragraphs of `source` (JSONL with id, text) as Label Studio tasks (JSON, plus the interface
     config beside it as <output>.xml) or doccano text-classification JSONL. Returns the task count."""
     rows = _rows_to_label(source)
+    if fmt == "labelstudio" and output.suffix.lower() == ".xml":
+        raise InputError(f"-o {output}: expected the tasks file (JSON); the interface is written beside it as "
+                         f"<name>.xml: use e.g. -o {output.with_suffix('.json')}")
     if fmt == "labelstudio":
         with runs.atomic_file(output) as f:
             json.dump([{"data": {"text": r["text"], "pid": str(r["id"])}} for r in rows], f, ensure_ascii=False, indent=1)
@@ -182,7 +186,7 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
     """(where, data, primary choices, secondary choices) per annotated task, from Label Studio's JSON
     export (the latest kept annotation wins) or its JSON-MIN export (one flat object per task)."""
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: expected a Label Studio JSON export, found invalid JSON ({e.msg})") from None
     if not isinstance(tasks, list):
@@ -196,12 +200,20 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
             if "primary" in task:
                 out.append((where, task, _choices(task["primary"]), _choices(task.get("secondary"))))
             continue
-        kept = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        annotations = task.get("annotations", [])
+        if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+            raise InputError(f"{where}: expected \"annotations\" a list of objects (Label Studio's JSON export), "
+                             f"found {json.dumps(annotations, ensure_ascii=False)[:60]}")
+        kept = [a for a in annotations if not a.get("was_cancelled")]
         if not kept:
             continue
         choices: dict[str, list[str]] = {"primary": [], "secondary": []}
         names = set()
-        for result in kept[-1].get("result", []):
+        results = kept[-1].get("result", [])
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise InputError(f"{where}: expected the annotation's \"result\" a list of objects, "
+                             f"found {json.dumps(results, ensure_ascii=False)[:60]}")
+        for result in results:
             names.add(result.get("from_name"))
             if result.get("from_name") in choices:
                 choices[result["from_name"]] = list(result.get("value", {}).get("choices", []))
@@ -221,6 +233,11 @@ def _from_doccano(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
         if not isinstance(row, dict):
             raise InputError(f"{path}:{number}: expected a JSON object (doccano's JSONL export), found {type(row).__name__}")
         labels = row.get("label") or row.get("labels") or []
+        if isinstance(labels, str):
+            labels = [labels]
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise InputError(f"{path}:{number}: expected \"label\" a list of label names (a doccano text-classification "
+                             f"project), found {json.dumps(labels, ensure_ascii=False)[:60]}; span labels are not classes")
         if labels:
             out.append((f"{path}:{number}", row, labels[:1], labels[1:]))
     return out
@@ -233,14 +250,14 @@ def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str
         raise InputError(f"{source} not found; pass the file exported from {fmt}")
     if fmt == "labelstudio":
         annotated = _from_label_studio(source)
-        total = len(json.loads(source.read_text(encoding="utf-8")))
+        total = len(json.loads(read_text(source)))
     elif fmt == "doccano":
         annotated = _from_doccano(source)
-        total = sum(1 for line in source.read_text(encoding="utf-8").splitlines() if line.strip())
+        total = sum(1 for line in read_text(source).splitlines() if line.strip())
     else:
         raise InputError(f"--format expects labelstudio or doccano, found {fmt!r}")
     allowed = set(theme_ids) | ({NONE} if multi_label else set())
-    rows = []
+    rows, seen = [], set()
     for where, data, primary, secondary in annotated:
         if "pid" not in data or "text" not in data:
             raise InputError(f"{where}: expected the task's pid and text (export tasks with `pipeline label export`)")
@@ -250,6 +267,9 @@ def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str
             if label not in allowed:
                 raise InputError(f"{where}: unknown theme {label!r}; expected one of {', '.join(sorted(allowed))}")
         secondary = [] if primary[0] == NONE else [t for t in secondary if t != primary[0]]
+        if str(data["pid"]) in seen:
+            raise InputError(f"{where}: paragraph {data['pid']} was annotated in an earlier task too; remove one of the two")
+        seen.add(str(data["pid"]))
         rows.append({"id": data["pid"], "primary": primary[0], "secondary": secondary, "text": data["text"]})
     with runs.atomic_file(output) as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

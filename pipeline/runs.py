@@ -31,6 +31,7 @@ RESOLVED_CONFIG = "config.yaml"
 DATA_INFO = "data.json"
 TRAIN_METRICS = "train_metrics.json"
 METRICS = "metrics.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model")  # fast, WordPiece, SentencePiece
 REPORT_MD = "report.md"
 TEST_PREDICTIONS = "predictions.jsonl"
 LATEST = "latest"
@@ -59,6 +60,10 @@ def check_run_dir(path: str | Path) -> Path:
     for name in (WEIGHTS, MODEL_CONFIG, RESOLVED_CONFIG):
         if not (run_dir / name).is_file():
             raise RunDirError(f"run directory {run_dir} is incomplete: {name} is missing; retrain with `pipeline train CONFIG`")
+    # Without its vocabulary a tokenizer still loads, maps every character to [UNK] and scores nonsense.
+    if not any((run_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise RunDirError(f"run directory {run_dir} is incomplete: no tokenizer ({' or '.join(TOKENIZER_FILES)}); "
+                          f"retrain with `pipeline train CONFIG`")
     return run_dir
 
 
@@ -129,7 +134,7 @@ def discard_incomplete_checkpoints(folder: Path, processes: int = 1) -> list[Pat
     return removed
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -177,7 +182,7 @@ def atomic_dir(final: Path, marker: str | None = None) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the result is an ordinary folder
     except OSError as e:
         raise _write_error(final, e) from None
     try:
@@ -216,7 +221,7 @@ def atomic_file(final: Path, mode: str = "w") -> Iterator:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
+        tmp.chmod(0o666 & ~umask())  # mkstemp makes it private; the result is an ordinary file
         with open(tmp, mode, encoding=encoding) as handle:
             yield handle
         os.replace(tmp, final)

@@ -200,6 +200,10 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
         )
     resolve_schema(cfg, data_dir)
     theme_ids = cfg.theme_ids
+    unknown = sorted({t for r in train_rows + val_rows for t in [r["primary"], *r["secondary"]]} - {*theme_ids, NONE})
+    if unknown:
+        raise InputError(f"{data_dir} holds label {unknown[0]!r}, which the config's themes do not list "
+                         f"({', '.join(theme_ids)}); run `pipeline prepare CONFIG` again after changing the themes")
     models_dir = Path(cfg.train.output_dir)
     if models_dir.exists() and not models_dir.is_dir():
         raise ConfigError(f"train.output_dir {models_dir} is a file; expected a folder for runs: choose another")
@@ -326,6 +330,9 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
 def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,
                      windows: dict, checkpoint: Path | None, start: float) -> None:
     (run_dir / runs.PICKLED_ARGS).unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
+    for path in run_dir.iterdir():  # the Trainer's weights file is private (0600): a run is shared like any output
+        if path.is_file():
+            path.chmod(0o666 & ~runs.umask())
     save_config(cfg, run_dir / runs.RESOLVED_CONFIG)
     runs.write_json(run_dir / runs.DATA_INFO, {
         "data_dir": str(data_dir),

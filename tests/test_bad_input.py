@@ -160,9 +160,10 @@ def test_train_disk_full_keeps_latest_and_checkpoints(project, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{self.args.output_dir}/checkpoint-{self.state.global_step}")
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", full)
-    fails(invoke("train", "configs/tiny.yaml"),
-          "training stopped: cannot write models/tiny.partial/checkpoints/checkpoint-2 (No space left on device); "
-          "free space or fix permissions, then run the same command again: it continues from the last checkpoint")
+    result = invoke("train", "configs/tiny.yaml")
+    fails(result, "training stopped: cannot write models/tiny.partial/checkpoints/checkpoint-")  # the first epoch's end
+    assert ("(No space left on device); free space or fix permissions, then run the same command again: "
+            "it continues from the last checkpoint") in result.output
     assert not Path("models/tiny").exists() and not Path("models/latest").exists()
 
 
@@ -340,3 +341,92 @@ def test_prepare_two_inputs_with_one_name_would_share_ids(project):
     assert result.exit_code == 2
     assert f"two inputs share the name '{article.stem}': rename one of them" in result.output
     assert "Traceback" not in result.output and not Path("data/prepared-tiny").exists()
+
+
+# --- found by a review: more mistakes a user makes ---------------------------------------------------
+
+def test_config_mistakes_yaml_cannot_catch(project, tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(Path("configs/tiny.yaml").read_text(encoding="utf-8") + "train:\n  epochs: 1\n", encoding="utf-8")
+    fails(invoke("prepare", twice), f"config file {twice}: line", "key 'train' is given twice in one mapping")
+    fails(invoke("prepare", "configs/tiny.yaml", "--set", "train.epochs=[1"),
+          "--set 'train.epochs=[1': the value is not valid YAML")
+    fails(invoke("prepare", "configs/tiny.yaml", "--set", "x=!!python/object/apply:os.system ['true']"), "not valid YAML")
+    fails(invoke("pretrain", "configs/tiny.yaml", "--set", "pretrain.num_heads=3"),
+          "hidden_size 256 must be a multiple of num_heads 3")
+    # Themes changed after prepare: train names the label the new list lacks instead of a KeyError.
+    assert invoke("prepare", "configs/tiny.yaml").exit_code == 0
+    themes = [t for t in __import__("yaml").safe_load(Path("configs/themes.yaml").read_text(encoding="utf-8"))
+              if t["id"] != "livelihood"]
+    Path("configs/five.yaml").write_text(__import__("yaml").safe_dump(themes, allow_unicode=True), encoding="utf-8")
+    fails(invoke("train", "configs/tiny.yaml", "--set", "themes=configs/five.yaml"),
+          "holds label 'livelihood', which the config's themes do not list", "run `pipeline prepare CONFIG` again")
+
+
+def test_run_cv_and_predict_refuse_what_would_fail_later(project):
+    fails(invoke("run", "configs/tiny.yaml", "--set", "data.test_fraction=0"),
+          "test.jsonl is empty, so `run` would have nothing to evaluate on")
+    assert not Path("models/tiny").exists(), "nothing was trained"
+    assert invoke("prepare", "configs/tiny.yaml").exit_code == 0
+    fails(invoke("cv", "configs/tiny.yaml", "--folds", "40"), "--folds 40: fold", "choose fewer folds")
+    assert not Path("models/tiny-cv/fold-0").exists(), "no fold was trained"
+    result = invoke("predict", SEED, "--model", "models/none", "--batch-size", "0")
+    assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
+
+
+def test_export_never_replaces_a_folder_it_did_not_write_and_runs_need_their_tokenizer(run_copy, tmp_path):
+    root, run = run_copy
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine", encoding="utf-8")
+    fails(invoke("export", run, "--format", "torch", "--quantize", "int8", "-o", foreign),
+          f"{foreign} exists and does not look like an earlier output of this stage (no export.json)")
+    assert (foreign / "keep.txt").read_text(encoding="utf-8") == "mine"
+    assert oct((root / "models/tiny/model.safetensors").stat().st_mode & 0o044) == oct(0o044), "weights readable by others"
+    (run / "tokenizer.json").unlink()
+    fails(invoke("predict", root / SEED, "--model", run, "-o", tmp_path / "out.jsonl"),
+          f"run directory {run} is incomplete: no tokenizer")
+
+
+def test_label_import_of_malformed_exports(project, tmp_path):
+    cases = {
+        "strings.json": (["a", "b"], "expected a task object, found str"),
+        "annotations.json": ([{"data": {"pid": "p", "text": "t"}, "annotations": ["x"]}], 'expected "annotations" a list of objects'),
+        "result.json": ([{"data": {"pid": "p", "text": "t"}, "annotations": [{"result": "economy"}]}],
+                        "expected the annotation's \"result\" a list of objects"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text(json.dumps(content), encoding="utf-8")
+        fails(invoke("label", "import", tmp_path / name, "--format", "labelstudio", "-o", tmp_path / "l.jsonl",
+                     "--config", "configs/tiny.yaml"), message)
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps({"text": "经济", "pid": "p", "label": [[0, 2, "economy"]]}) + "\n", encoding="utf-8")
+    fails(invoke("label", "import", spans, "--format", "doccano", "-o", tmp_path / "l.jsonl", "--config", "configs/tiny.yaml"),
+          f"{spans}:1: expected \"label\" a list of label names", "span labels are not classes")
+    fails(invoke("label", "export", LABELS, "--format", "labelstudio", "-o", tmp_path / "tasks.xml", "--config", "configs/tiny.yaml"),
+          "expected the tasks file (JSON)")
+    assert not (tmp_path / "l.jsonl").exists() and not (tmp_path / "tasks.xml").exists()
+
+
+def test_sigterm_leaves_no_partial_output(tiny_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = tiny_run
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"text": f"经济发展取得新成绩,改革开放不断深入。第{i}段。" * 8}, ensure_ascii=False) + "\n"
+                           for i in range(200_000)), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "predict", str(big), "--model", str(root / "models/tiny"),
+                             "-o", str(out / "p.jsonl"), "--summary", str(out / "s.jsonl")],
+                            stderr=subprocess.PIPE, text=True, cwd=root)
+    deadline = time.time() + 60
+    while not any(out.iterdir()) and time.time() < deadline:  # writing has begun
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM); nothing half-written was kept" in stderr, stderr
+    assert list(out.iterdir()) == []
