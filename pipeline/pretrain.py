@@ -26,7 +26,7 @@ import yaml
 
 from pipeline import runs
 from pipeline.config import PretrainConfig, config_dict, config_hash
-from pipeline.data import corpus_lines, normalize, read_text
+from pipeline.data import corpus_lines, file_sha256, normalize, read_text
 from pipeline.errors import InputError
 
 log = logging.getLogger("pipeline")
@@ -163,12 +163,16 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the collator needs offset_mapping for whole-word masking
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer)
-    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if checkpoints:
-        log.info("resuming pretraining from %s", checkpoints[-1])
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer,
+                      callbacks=[runs.no_pickled_args()])
+    # A kill -9 can leave the newest checkpoint half-written: resume from the last whole one.
+    for removed in runs.discard_incomplete_checkpoints(work / "checkpoints"):
+        log.warning("removed the incomplete checkpoint %s", removed)
+    checkpoint = runs.last_checkpoint(work / "checkpoints")
+    if checkpoint:
+        log.info("resuming pretraining from %s", checkpoint)
     train_start = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - train_start
     heldout_loss = trainer.evaluate(eval_dataset=heldout_ds)["eval_loss"]
     out = work / "base"
@@ -197,14 +201,15 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
         "tokens_per_second": round(trainer.state.global_step * cfg.batch_size * cfg.max_length / max(train_seconds, 1e-9)),
         "loss_curve": losses,
         "seed": seed,
+        # The base's key is its recipe (the config section), not these files' contents: their hashes say
+        # what it was built from, e.g. which labelled paragraphs were kept out.
+        "files_sha256": {spec: file_sha256(Path(spec)) for spec in [*cfg.corpus, *cfg.exclude] if Path(spec).is_file()},
     }
     (out / "pretrain_config.yaml").write_text(yaml.safe_dump(config_dict(cfg), allow_unicode=True, sort_keys=False))
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (out / "pretrain_report.md").write_text(_render_report(report, cfg))
     _plot_losses(losses, out / "loss.png")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(out, final)
+    runs.publish_dir(out, final)  # the old base is renamed aside first: `final` is never half-deleted
     shutil.rmtree(work, ignore_errors=True)
     log.info("pretrained base %s: held-out perplexity %.1f, %d tokens/s", final, report["heldout_perplexity"], report["tokens_per_second"])
     return final

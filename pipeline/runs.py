@@ -110,6 +110,22 @@ def _is_complete_checkpoint(path: Path, processes: int) -> bool:
     return True
 
 
+def no_pickled_args():
+    """A Trainer callback: the Trainer writes training_args.bin (a pickle) into each checkpoint and never
+    reads it back (the optimizer, scheduler and RNG states it reads on resume are loaded with
+    weights_only=True). Deleting it is also the last step of a save, which _is_complete_checkpoint checks."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class NoPickledArgs(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+                (folder / PICKLED_ARGS).unlink(missing_ok=True)
+
+    return NoPickledArgs()
+
+
 def checkpoints(folder: Path) -> list[Path]:
     """checkpoint-<step> folders, oldest first."""
     if not folder.is_dir():

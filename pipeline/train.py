@@ -77,7 +77,6 @@ def _callbacks(save_steps: int | None):
     """Trainer callbacks: per-process seeds, extra checkpoints, no pickles left in checkpoints."""
     from accelerate.utils import set_seed
     from transformers import TrainerCallback
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     class PerProcessSeed(TrainerCallback):
         # Every process built the same model from cfg.seed. From here on each draws its own dropout
@@ -94,15 +93,7 @@ def _callbacks(save_steps: int | None):
             if save_steps and state.global_step % save_steps == 0 and not float(state.epoch or 0).is_integer():
                 control.should_save = True
 
-    class NoPickledArgs(TrainerCallback):
-        # Trainer writes training_args.bin (a pickle) into each checkpoint and never reads it back; the
-        # files it does read on resume (optimizer, scheduler, RNG states) it loads with weights_only=True.
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-                (folder / runs.PICKLED_ARGS).unlink(missing_ok=True)
-
-    return [PerProcessSeed(), SaveEvery(), NoPickledArgs()]
+    return [PerProcessSeed(), SaveEvery(), runs.no_pickled_args()]
 
 
 def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
