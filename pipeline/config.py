@@ -85,7 +85,7 @@ class ModelConfig(Strict):
     num_layers: int = Field(4, ge=1, description="Only for name_or_path: null.")
     num_heads: int = Field(4, ge=1, description="Only for name_or_path: null.")
     intermediate_size: int = Field(1024, ge=8, description="Only for name_or_path: null.")
-    max_length: int = Field(128, ge=16, le=512, description="Tokens per window; longer text is scored in windows.")
+    max_length: int = Field(128, ge=16, le=512, description="Tokens per window; longer text is trained on and scored as overlapping windows.")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "ModelConfig":

@@ -26,7 +26,7 @@ import yaml
 
 from pipeline import runs
 from pipeline.config import PretrainConfig, config_dict, config_hash
-from pipeline.data import corpus_lines, file_sha256, normalize, read_text
+from pipeline.data import corpus_lines, file_sha256, normalize, read_labels, read_text
 from pipeline.errors import InputError
 
 log = logging.getLogger("pipeline")
@@ -58,14 +58,7 @@ def read_corpus(specs: list[str]) -> list[str]:
 
 def _labelled_texts(paths: list[str]) -> set[str]:
     """Texts of labelled paragraphs, without spaces: kept out of pretraining so test text stays unseen."""
-    texts = set()
-    for path in paths:
-        for line in read_text(Path(path)).splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if row.get("text"):
-                    texts.add(normalize(row["text"]).replace(" ", ""))
-    return texts
+    return {normalize(label["text"]).replace(" ", "") for label in read_labels(paths, None).values() if label["text"]}
 
 
 def dedupe_and_split(paragraphs: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str], int]:
