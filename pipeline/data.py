@@ -56,7 +56,6 @@ class Paragraph:
     source: str
     paragraph_index: int
     text: str
-    windows: int = 1
 
     def as_dict(self) -> dict:
         return {"id": self.id, "source": self.source, "paragraph_index": self.paragraph_index, "text": self.text}
