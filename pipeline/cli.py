@@ -141,7 +141,7 @@ def evaluate(run_dir: Path = typer.Argument(Path("models/latest"), help="Run dir
 
 def _print_metrics(m: dict, run_dir: Path) -> None:
     line = f"{m['split']}: primary macro-F1 {m['primary']['macro_f1']:.3f}, accuracy {m['primary']['accuracy']:.3f}"
-    if "none" in m:
+    if "none" in m and m["none"]["support"]:  # a split without unlabelled paragraphs cannot score it
         line += f", none F1 {m['none']['f1']:.3f}"
     tf = m["baselines"].get("tfidf_char_lr")
     if tf:

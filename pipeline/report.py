@@ -437,7 +437,7 @@ def render_markdown(view: dict) -> str:
         lines.append(f"| {name} | {_f(ours)} | {_ci(ci)} | {_f(tf) if tf is not None else '-'} | {_f(maj)} | {delta} |")
     if "none" in m:
         tf = base.get("tfidf_char_lr", {})
-        lines.append(f"| none F1 | {_f(m['none']['f1'])} | - | {_f(tf['none_f1']) if tf else '-'} | "
+        lines.append(f"| none F1 | {_none_f1(m)} | - | {_f(tf['none_f1']) if tf else '-'} | "
                      f"{_f(base['majority']['none_f1'])} | - |")
         lines.append(f"| label-set macro-F1 | {_f(m['labels']['macro_f1'])} | - | - | - | - |")
     ci_info = m.get("confidence_intervals")
@@ -549,7 +549,7 @@ def render_html(view: dict) -> str:
     extra = []
     if "none" in m:
         tf = m["baselines"].get("tfidf_char_lr", {})
-        extra.append(["none F1", _f(m["none"]["f1"]), _f(tf.get("none_f1")), _f(m["baselines"]["majority"]["none_f1"])])
+        extra.append(["none F1", _none_f1(m), _f(tf.get("none_f1")), _f(m["baselines"]["majority"]["none_f1"])])
         extra.append(["label-set macro-F1", _f(m["labels"]["macro_f1"]), "–", "–"])
         extra.append(["label-set micro-F1", _f(m["labels"]["micro_f1"]), "–", "–"])
     parts.append(f'<p class="note">{_e(note)}</p>')
@@ -690,7 +690,7 @@ def render_model_card(view: dict) -> str:
         lines.append(f"| {name} | {_f(m['primary'][key])} [{_ci(ci.get(key))}] | {_f(tf.get(key))} | "
                      f"{_f(m['baselines']['majority']['primary'][key])} |")
     if "none" in m:
-        lines.append(f"| none F1 | {_f(m['none']['f1'])} | {_f(m['baselines'].get('tfidf_char_lr', {}).get('none_f1'))} | - |")
+        lines.append(f"| none F1 | {_none_f1(m)} | {_f(m['baselines'].get('tfidf_char_lr', {}).get('none_f1'))} | - |")
         lines.append(f"| label-set macro-F1 | {_f(m['labels']['macro_f1'])} | - | - |")
     if "calibration" in m:
         lines.append(f"| ECE (top-theme score) | {_f(m['calibration']['ece'])} | - | - |")
@@ -757,6 +757,11 @@ def write_reports(run_dir: str | Path) -> dict[str, Path]:
         with runs.atomic_file(out[key]) as f:
             f.write(render(view))
     return out
+
+
+def _none_f1(m: dict) -> str:
+    """none F1, or why there is none: a split without unlabelled paragraphs cannot score it."""
+    return _f(m["none"]["f1"]) if m["none"]["support"] else "n/a (no paragraph without a label in this split)"
 
 
 def _left_out(m: dict) -> str:
