@@ -392,7 +392,15 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
                                  f"check the delimiter and quoting of that line")
             yield start, dict(zip(names, values))
     elif fmt == "jsonl":
-        yield from iter_jsonl(read_text(path).splitlines(), str(path))
+        text = read_text(path)
+        if text.lstrip().startswith("["):  # a .json file holding one array of records (pandas' to_json, many exports)
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{e.lineno}: expected a JSON array of objects, found invalid JSON ({e.msg})") from None
+            yield from enumerate(records, 1)  # numbered by record: the array has no lines of its own
+        else:
+            yield from iter_jsonl(text.splitlines(), str(path))
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -426,6 +434,8 @@ def read_table(source: TableSource) -> list[dict]:
     rows = []
     for number, record in _table_rows(source):
         where = f"{path}:{number}"
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a record with named fields, found {json.dumps(record, ensure_ascii=False)[:60]}")
         for column in [*source.text_columns, source.label_column] + ([source.id_column] if source.id_column else []):
             if column not in record:
                 raise InputError(f"{where}: column {column!r} not found; columns are {', '.join(map(str, record))}; "

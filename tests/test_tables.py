@@ -202,3 +202,14 @@ def test_single_label_rows_without_a_label_are_counted_not_lost(tmp_path):
     assert (tmp_path / "models" / "own" / "metrics.json").read_bytes() == before
     result = invoke("evaluate", tmp_path / "models" / "own", "--split", "dev")
     assert result.exit_code == 2 and "--split expects test or validation, found 'dev'" in result.output
+
+
+def test_a_json_array_of_records_reads_like_jsonl(tmp_path):
+    src = tmp_path / "news.json"
+    src.write_text(json.dumps([{"text": t, "label": c} for t, c in ROWS], ensure_ascii=False, indent=1), encoding="utf-8")
+    assert invoke("prepare", _config(tmp_path, [{"path": str(src)}])).exit_code == 0
+    rows = {r["id"]: r for s in _splits(tmp_path).values() for r in s}
+    assert len(rows) == len(ROWS) and rows["news:1"]["text"] == ROWS[0][0] and rows["news:1"]["primary"] == "finance"
+    src.write_text(json.dumps(["just a string"]), encoding="utf-8")
+    result = invoke("prepare", _config(tmp_path, [{"path": str(src)}]))
+    assert result.exit_code == 2 and f"{src}:1: expected a record with named fields" in result.output
