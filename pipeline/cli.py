@@ -157,7 +157,7 @@ def predict(
     inputs: list[str] = typer.Argument(..., help="Article files, folders, .jsonl files, or - for stdin."),
     model: Path = typer.Option(Path("models/latest"), "--model", help="Run directory, or an export folder from `pipeline export`."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file ({shard} becomes the shard index); stdout if omitted."),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or csv; default: csv for an --output ending in .csv, else jsonl."),
     batch_size: int = typer.Option(64, min=1, help="Windows per forward pass (rounded up to a multiple of 16)."),
     summary: Optional[str] = typer.Option(None, "--summary", help="Also write one JSON line per article: theme shares, main themes."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: only records k with k mod n = i; auto: from RANK/WORLD_SIZE (torchrun)."),
@@ -171,6 +171,7 @@ def predict(
     """Classify every paragraph of new articles (batch inference)."""
     from pipeline.predict import predict as run_predict
 
+    fmt = fmt or ("csv" if output and output.lower().endswith(".csv") else "jsonl")
     counts = run_predict(model, inputs, output, fmt, batch_size, summary=summary, shard=shard, engine=engine,
                          quantize=quantize, dtype=dtype, streams=streams)
     # On stderr, so that with the output on stdout the records stay clean.

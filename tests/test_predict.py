@@ -49,10 +49,20 @@ def test_predict_stdin_and_csv(tiny_run, tmp_path):
     result = invoke("predict", "-", "--model", root / "models/tiny", input='{"id": "x", "text": "扩大对外开放,引进外资。"}\n')
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[0])["id"] == "x"
-    out = tmp_path / "out.csv"
-    assert invoke("predict", root / SEED, "--model", root / "models/tiny", "-o", out, "--format", "csv").exit_code == 0
+    out = tmp_path / "out.csv"  # CSV from the suffix, no --format needed
+    assert invoke("predict", root / SEED, "--model", root / "models/tiny", "-o", out).exit_code == 0
     header = out.read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("id,source,paragraph_index,label,labels,windows,score_economy")
+    # The same records as the JSONL output: ids, top labels and scores agree row by row.
+    import csv
+
+    assert invoke("predict", root / SEED, "--model", root / "models/tiny", "-o", tmp_path / "out.jsonl").exit_code == 0
+    records = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    assert len(rows) == len(records) == 18
+    for row, record in zip(rows, records):
+        assert (row["id"], row["label"], int(row["windows"])) == (record["id"], record["label"], record["windows"])
+        assert abs(float(row["score_economy"]) - record["scores"]["economy"]) < 1e-3
 
 
 def test_long_paragraph_is_windowed_not_truncated(tiny_run, tmp_path):
