@@ -97,8 +97,14 @@ def load_view(run_dir: str | Path) -> dict:
         "name": run_dir.resolve().name, "dir": run_dir, "m": m, "config_text": config_text,
         "config": yaml.safe_load(config_text) if config_text else {},
         "train": _read_optional(run_dir / runs.TRAIN_METRICS) or {}, "data": _read_optional(run_dir / runs.DATA_INFO) or {},
-        "mistakes": mistakes, "n_mistakes": n_mistakes,
+        "mistakes": mistakes, "n_mistakes": n_mistakes, "noun": _noun(yaml.safe_load(config_text) if config_text else {}),
     }
+
+
+def _noun(cfg: dict) -> str:
+    """What the pages call a class: "theme" for a described theme schema (the policy themes), else "label"
+    (a schema derived from someone's own data, e.g. news categories)."""
+    return "theme" if any(t.get("description") for t in cfg.get("themes") or []) else "label"
 
 
 def _baseline_for_verdict(m: dict) -> str:
@@ -427,7 +433,8 @@ def render_markdown(view: dict) -> str:
     m = view["m"]
     primary, base = m["primary"], m["baselines"]
     lines = [f"# Evaluation report: {view['name']}", ""]
-    lines += [f"Split `{m['split']}`: {m['n']} paragraphs, {m['n_with_theme']} with a theme. Mode: {m['mode']}.{_left_out(m)}", ""]
+    noun = view["noun"]
+    lines += [f"Split `{m['split']}`: {m['n']} paragraphs, {m['n_with_theme']} with a {noun}. Mode: {m['mode']}.{_left_out(m)}", ""]
     lines += ["## Headline", "", f"**{verdict(m)[1]}**", ""]
     lines += ["| figure | model | 95% CI | TF-IDF char LR | majority | model − TF-IDF (95% CI) |", "|---|---|---|---|---|---|"]
     paired = m.get("confidence_intervals", {}).get("vs_baselines", {}).get("tfidf_char_lr", {})
@@ -441,12 +448,12 @@ def render_markdown(view: dict) -> str:
                      f"{_f(base['majority']['none_f1'])} | - |")
         lines.append(f"| label-set macro-F1 | {_f(m['labels']['macro_f1'])} | - | - | - | - |")
     ci_info = m.get("confidence_intervals")
-    note = "Primary figures are over paragraphs that have a theme: the top-scoring theme against the gold primary."
+    note = f"Primary figures are over paragraphs that have a {noun}: the top-scoring {noun} against the gold primary."
     if ci_info:
         note += (f" Intervals: {ci_info['resamples']} bootstrap resamples (seed {ci_info['seed']}); the difference to "
                  f"the baseline is paired (same resamples).")
     lines += ["", note, ""]
-    lines += ["## Per theme (primary)", "", "| theme | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"## Per {noun} (primary)", "", f"| {noun} | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for theme, s in primary["per_class"].items():
         lines.append(f"| {theme} | {_f(s['precision'])} | {_f(s['recall'])} | {_f(s['f1'])} | {s['support']} |")
     if "labels" in m:
@@ -469,17 +476,17 @@ def render_markdown(view: dict) -> str:
     lines += ["", "## Confusion matrix (rows gold, columns predicted)", ""]
     if "assigned" in m:
         a = m["assigned"]
-        lines += [f"All {m['n']} paragraphs as the model answers them: the top theme, or none when no theme clears its "
-                  f"threshold. (The per-theme table scores the top theme on the {m['n_with_theme']} paragraphs with a "
-                  f"theme, whatever its score, so its recall also counts rows this matrix shows under none.) End to end, "
+        lines += [f"All {m['n']} paragraphs as the model answers them: the top {noun}, or none when no {noun} clears its "
+                  f"threshold. (The per-{noun} table scores the top {noun} on the {m['n_with_theme']} paragraphs with a "
+                  f"{noun}, whatever its score, so its recall also counts rows this matrix shows under none.) End to end, "
                   f"{len(cm['labels'])} classes: accuracy {_f(a['accuracy'])}, macro-F1 {_f(a['macro_f1'])}.", ""]
     lines += ["| gold \\ predicted | " + " | ".join(cm["labels"]) + " |", "|---|" + "---|" * len(cm["labels"])]
     for label, row in zip(cm["labels"], cm["matrix"]):
         lines.append(f"| {label} | " + " | ".join(str(x) for x in row) + " |")
     if "calibration" in m:
         cal = m["calibration"]
-        lines += ["", "## Calibration (top-theme score)", "",
-                  f"Expected calibration error (ECE): {_f(cal['ece'])} over {cal['n']} paragraphs with a theme "
+        lines += ["", f"## Calibration (top-{noun} score)", "",
+                  f"Expected calibration error (ECE): {_f(cal['ece'])} over {cal['n']} paragraphs with a {noun} "
                   f"({len(cal['bins'])} equal-width bins).", "",
                   "| confidence bin | paragraphs | mean confidence | accuracy |", "|---|---|---|---|"]
         for b in cal["bins"]:
@@ -487,7 +494,7 @@ def render_markdown(view: dict) -> str:
                 lines.append(f"| {b['low']:.1f}–{b['high']:.1f} | {b['n']} | {_f(b['confidence'])} | {_f(b['accuracy'])} |")
     if "by_length" in m:
         systems = [s for s in SYSTEMS if any(s in b["scores"] for b in m["by_length"]["buckets"])]
-        lines += ["", "## By paragraph length (characters, paragraphs with a theme)", "",
+        lines += ["", f"## By paragraph length (characters, paragraphs with a {noun})", "",
                   "| length | paragraphs | " + " | ".join(f"{SYSTEMS[s]} accuracy | {SYSTEMS[s]} macro-F1" for s in systems) + " |",
                   "|---|---|" + "---|---|" * len(systems)]
         for b in m["by_length"]["buckets"]:
@@ -498,7 +505,7 @@ def render_markdown(view: dict) -> str:
             lines.append(f"| {b['range']} | {b['n']} | " + " | ".join(cells) + " |")
     lines += ["", f"## Worst mistakes ({len(view['mistakes'])} most confident of {view['n_mistakes']})", "",
               f"The answer as in the confusion matrix ≠ the gold primary, over all {m['n']} paragraphs. Confidence is the "
-              "top theme's score" + (" (for a `none` answer, the score that fell short of its threshold)." if "assigned" in m
+              f"top {noun}'s score" + (" (for a `none` answer, the score that fell short of its threshold)." if "assigned" in m
                                      else "."), "",
               "| confidence | gold | predicted | text |", "|---|---|---|---|"]
     for x in view["mistakes"]:
@@ -538,11 +545,12 @@ def render_html(view: dict) -> str:
     m = view["m"]
     primary = m["primary"]
     parts = [f"<h1>Evaluation report: {_e(view['name'])}</h1>",
-             f'<p class="sub">Split <code>{_e(m["split"])}</code>: {m["n"]} paragraphs, {m["n_with_theme"]} with a theme.{_e(_left_out(m))} '
+             f'<p class="sub">Split <code>{_e(m["split"])}</code>: {m["n"]} paragraphs, {m["n_with_theme"]} with a {view["noun"]}.{_e(_left_out(m))} '
              f'Mode: {_e(m["mode"])}. Model: {_e(m["run"]["model"])}. Evaluated {_e(m["run"]["evaluated_at"])}.</p>',
              _headline_html(m)]
     ci_info = m.get("confidence_intervals")
-    note = "Primary figures are over paragraphs that have a theme: the top-scoring theme against the gold primary."
+    note = (f"Primary figures are over paragraphs that have a {view['noun']}: the top-scoring {view['noun']} against "
+            f"the gold primary.")
     if ci_info:
         note += (f" 95% intervals from {ci_info['resamples']} bootstrap resamples of the paragraphs (seed {ci_info['seed']}); "
                  f"▲/▼ mark a paired difference whose interval excludes 0, ≈ one that does not.")
@@ -559,19 +567,19 @@ def render_html(view: dict) -> str:
     rows = [[_e(t), _f(s["precision"]), _f(s["recall"]),
              f'<span class="bar" style="width:{round(80 * s["f1"])}px"></span>{_f(s["f1"])}', str(s["support"])]
             for t, s in primary["per_class"].items()]
-    parts += ["<h2>Per theme (primary)</h2>",
-              '<div class="panel">' + _table(["theme", "precision", "recall", "F1", "support"], rows, raw=True) + "</div>"]
+    parts += [f"<h2>Per {view['noun']} (primary)</h2>",
+              '<div class="panel">' + _table([view["noun"], "precision", "recall", "F1", "support"], rows, raw=True) + "</div>"]
 
     cm_source = "assigned" if "assigned" in m else "primary"
-    cm_note = (f"all {m['n']} paragraphs as the model answers them: the top theme, or none when no theme clears its "
+    cm_note = (f"all {m['n']} paragraphs as the model answers them: the top {view['noun']}, or none when no {view['noun']} clears its "
                f"threshold; end to end accuracy {_f(m['assigned']['accuracy'])}, macro-F1 {_f(m['assigned']['macro_f1'])} "
-               f"(the per-theme table scores the top theme on paragraphs with a theme, whatever its score)"
-               if cm_source == "assigned" else "the top theme against the gold primary")
+               f"(the per-{view['noun']} table scores the top {view['noun']} on paragraphs with a {view['noun']}, whatever its score)"
+               if cm_source == "assigned" else f"the top {view['noun']} against the gold primary")
     cal_html = ""
     if "calibration" in m:
         cal = m["calibration"]
         cal_html = (f'<div class="panel"><h3>Reliability diagram</h3><p class="note">Expected calibration error '
-                    f'<b id="ece">{_f(cal["ece"])}</b> of the top-theme score, over {cal["n"]} paragraphs with a theme.</p>'
+                    f'<b id="ece">{_f(cal["ece"])}</b> of the top-{view["noun"]} score, over {cal["n"]} paragraphs with a {view["noun"]}.</p>'
                     f'{_img(figure_reliability(cal), "reliability diagram")}</div>')
     parts += ["<h2>Confusion and calibration</h2>", '<div class="row">',
               f'<div class="panel"><h3>Confusion matrix</h3><p class="note">Rows gold, columns predicted: {_e(cm_note)}.</p>'
@@ -610,7 +618,7 @@ def render_html(view: dict) -> str:
     table = _table(["confidence", "gold", "predicted", "text"], rows, raw=True, left=(1, 2, 3))
     parts += ["<h2>Worst mistakes</h2>",
               f'<p class="note">The {len(view["mistakes"])} most confident of {view["n_mistakes"]} mistakes '
-              f"(the answer as in the confusion matrix ≠ the gold primary). Confidence is the top theme's score"
+              f"(the answer as in the confusion matrix ≠ the gold primary). Confidence is the top {view['noun']}'s score"
               + (": for a none answer, the score that fell short of its threshold." if "assigned" in m else ".")
               + " All predictions are in predictions.jsonl.</p>",
               f'<div class="panel" id="mistakes">{table}</div>']
@@ -684,7 +692,7 @@ def render_model_card(view: dict) -> str:
              "- Split hashes (sha256): " + ", ".join(f"{k} `{v[:16]}…`" for k, v in run["data_sha256"].items()), "",
              "## Metrics", "",
              f"From `metrics.json` (split `{m['split']}`); 95% bootstrap intervals in brackets. Primary figures are over "
-             "paragraphs with a theme: the top theme against the gold primary. The full report is `report.html`.", "",
+             f"paragraphs with a {view['noun']}: the top {view['noun']} against the gold primary. The full report is `report.html`.", "",
              "| figure | this model | TF-IDF char LR baseline | majority baseline |", "|---|---|---|---|"]
     for key, name in HEADLINE:
         lines.append(f"| {name} | {_f(m['primary'][key])} [{_ci(ci.get(key))}] | {_f(tf.get(key))} | "
@@ -693,8 +701,8 @@ def render_model_card(view: dict) -> str:
         lines.append(f"| none F1 | {_none_f1(m)} | {_f(m['baselines'].get('tfidf_char_lr', {}).get('none_f1'))} | - |")
         lines.append(f"| label-set macro-F1 | {_f(m['labels']['macro_f1'])} | - | - |")
     if "calibration" in m:
-        lines.append(f"| ECE (top-theme score) | {_f(m['calibration']['ece'])} | - | - |")
-    lines += ["", verdict(m)[1], "", "| theme | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines.append(f"| ECE (top-{view['noun']} score) | {_f(m['calibration']['ece'])} | - | - |")
+    lines += ["", verdict(m)[1], "", f"| {view['noun']} | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for theme, s in m["primary"]["per_class"].items():
         lines.append(f"| {theme} | {_f(s['precision'])} | {_f(s['recall'])} | {_f(s['f1'])} | {s['support']} |")
     widths = [hi - lo for lo, hi in ci.values()]
@@ -707,7 +715,7 @@ def render_model_card(view: dict) -> str:
               "- Trained only on the text listed under Training data; vocabulary, style and topics drift over time, so "
               "check the metrics on a labelled sample before relying on it for other text.",
               "- Scores are model confidences, calibrated only as far as the report shows" +
-              (f" (expected calibration error of the top theme {m['calibration']['ece']:.3f})" if "calibration" in m else "") +
+              (f" (expected calibration error of the top {view['noun']} {m['calibration']['ece']:.3f})" if "calibration" in m else "") +
               "; decide with the tuned thresholds, not with 0.5.",
               "- Text longer than the model's window is scored over overlapping windows and averaged by `pipeline predict`; "
               "the plain transformers snippet below truncates instead.", "",

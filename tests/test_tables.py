@@ -57,6 +57,8 @@ def test_csv_with_header_end_to_end_derives_the_schema(tmp_path):
     assert sorted(config["id2label"].values()) == NAMES
     saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert sorted(t["id"] for t in saved["themes"]) == NAMES, "the derived schema is saved with the run"
+    report = (run / "report.md").read_text(encoding="utf-8")  # own labels are "labels", not policy "themes"
+    assert "## Per label (primary)" in report and "with a label." in report and "theme" not in report.split("## Run")[0]
     row = next(r for s in splits.values() for r in s if r["id"] == "news:2")
     assert row["text"] == "标题0 央行下调存款准备金率,释放长期资金。" and row["primary"] == "finance"
 
