@@ -135,6 +135,10 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     cfg = load_config(run_dir / runs.RESOLVED_CONFIG)
     data_info = runs.read_json(run_dir / runs.DATA_INFO)
     data_dir = Path(data_info["data_dir"])
+    if not data_dir.is_dir():
+        where = " (a path relative to the folder `train` ran in: run evaluate from there)" if not data_dir.is_absolute() else ""
+        raise RunDirError(f"the prepared data {data_dir} that {run_dir} was trained on is not here{where}; "
+                          f"or rebuild it with `pipeline prepare CONFIG`")
     rows = load_split(data_dir, split)
     if not rows:
         raise RunDirError(f"{data_dir}/{split}.jsonl is empty; expected held-out paragraphs: raise data.test_fraction")
