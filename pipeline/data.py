@@ -378,8 +378,11 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
                             quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
         names = source.columns
         number = 1  # the line a record starts on
+        spanning = []  # records over several lines: quoted line breaks, or an unclosed quote swallowing rows
         for values in reader:
             number, start = reader.line_num + 1, number
+            if number - start > 1:
+                spanning.append(start)
             if start == 1 and source.header:
                 names = names or values
                 continue
@@ -391,6 +394,10 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
                 raise InputError(f"{path}:{start}: expected {len(names)} columns ({', '.join(names)}), found {len(values)}; "
                                  f"check the delimiter and quoting of that line")
             yield start, dict(zip(names, values))
+        if spanning:
+            log.warning("%s: %d records span several lines (first at line %d): quoted line breaks, or an unclosed "
+                        "quote that joined rows; check those lines if the file has no multi-line cells",
+                        path, len(spanning), spanning[0])
     elif fmt == "jsonl":
         text = read_text(path)
         if text.lstrip().startswith("["):  # a .json file holding one array of records (pandas' to_json, many exports)
