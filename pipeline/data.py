@@ -211,9 +211,14 @@ def corpus_lines(name: str) -> Iterator[tuple[int, list[str]]]:
 
 def _article_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ARTICLE_SUFFIXES | {".jsonl"})
+        found = sorted(p for p in path.rglob("*") if not p.name.startswith(".") and (p.is_file() or p.is_symlink()))
+        files = [p for p in found if p.is_file() and p.suffix.lower() in ARTICLE_SUFFIXES | {".jsonl"}]
         if not files:
             raise InputError(f"folder {path} has no .txt, .md or .jsonl files; expected articles")
+        skipped = [p for p in found if p not in files]
+        if skipped:  # said, not silent: a .csv or .html among the articles is not read
+            log.warning("%s: %d files skipped (not .txt, .md or .jsonl, or broken links), e.g. %s",
+                        path, len(skipped), skipped[0].relative_to(path))
         return files
     if not path.exists():
         raise InputError(f"input {path} not found; pass an article file, a folder, a .jsonl file or -")

@@ -332,6 +332,12 @@ def test_prepare_reports_near_duplicates_and_keeps_them_together(project):
     assert all(home[f"copy:{i}"] == home[labelled[i]["id"]] for i in range(6))
 
 
+def test_prepare_says_which_files_in_an_input_folder_it_skips(project):
+    Path("data/raw/notes.csv").write_text("a,b\n", encoding="utf-8")
+    result = invoke("prepare", "configs/tiny.yaml")
+    assert result.exit_code == 0 and "data/raw: 1 files skipped (not .txt, .md or .jsonl, or broken links), e.g. notes.csv" in result.output
+
+
 def test_prepare_two_inputs_with_one_name_would_share_ids(project):
     article = next(Path("data/raw").glob("*.txt"))
     for folder in ("a", "b"):
