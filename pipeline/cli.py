@@ -67,6 +67,8 @@ class Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame):
+    # Once: a second SIGTERM (Slurm's scancel, then torchrun forwarding it) must not interrupt the clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 

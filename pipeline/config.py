@@ -227,8 +227,14 @@ class _UniqueKeys(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, expanded by the base class
+                continue
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the base class raises its own ConstructorError
+                break
+            if repeated:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one mapping; "
                                   f"merge the two into one")
             seen.add(key)

@@ -28,7 +28,7 @@ log = logging.getLogger("pipeline")
 FIGURES = {
     "primary macro-F1": lambda m: m["primary"]["macro_f1"],
     "primary accuracy": lambda m: m["primary"]["accuracy"],
-    "none F1": lambda m: m.get("none", {}).get("f1"),
+    "none F1": lambda m: m["none"]["f1"] if m.get("none", {}).get("support") else None,  # a fold without none rows
     "TF-IDF primary macro-F1": lambda m: m["baselines"].get("tfidf_char_lr", {}).get("primary", {}).get("macro_f1"),
     "TF-IDF none F1": lambda m: m["baselines"].get("tfidf_char_lr", {}).get("none_f1"),
 }

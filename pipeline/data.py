@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import csv
 import logging
 import math
 import re
+import sys
 import time
 import unicodedata
 from collections import Counter, defaultdict
@@ -211,7 +213,9 @@ def corpus_lines(name: str) -> Iterator[tuple[int, list[str]]]:
 
 def _article_files(path: Path) -> list[Path]:
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if not p.name.startswith(".") and (p.is_file() or p.is_symlink()))
+        # Hidden files and folders (.git, .ipynb_checkpoints) are not articles and not worth a warning.
+        found = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink())
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         files = [p for p in found if p.is_file() and p.suffix.lower() in ARTICLE_SUFFIXES | {".jsonl"}]
         if not files:
             raise InputError(f"folder {path} has no .txt, .md or .jsonl files; expected articles")
@@ -369,9 +373,16 @@ def _table_format(source: TableSource) -> str:
     return formats[path.suffix.lower()]
 
 
+def _csv_records(reader, path: Path) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise InputError(f"{path}:{reader.line_num}: not readable as {'CSV' if reader.dialect.delimiter == ',' else 'TSV'} "
+                         f"({e}); check the quoting near that line") from None
+
+
 def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
     """(row number, {column: value}) for each row; row numbers count lines in text files, from 1."""
-    import csv
 
     path = Path(source.path)
     if not path.exists():
@@ -379,12 +390,13 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
     fmt = _table_format(source)
     if fmt in ("csv", "tsv"):
         # newline="": a quoted CSV cell may hold line breaks, which the reader keeps inside the cell.
+        csv.field_size_limit(sys.maxsize)  # a cell may be a whole article (the default limit is 128 KiB)
         reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="," if fmt == "csv" else "\t",
                             quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
         names = source.columns
         number = 1  # the line a record starts on
         spanning = []  # records over several lines: quoted line breaks, or an unclosed quote swallowing rows
-        for values in reader:
+        for values in _csv_records(reader, path):
             number, start = reader.line_num + 1, number
             if number - start > 1:
                 spanning.append(start)
@@ -738,7 +750,8 @@ def prepare(cfg: Config) -> dict:
     first_with: dict[str, dict] = {}
     for row in rows:
         other = first_with.setdefault(row["id"], row)
-        if other is not row:
+        same = lambda a, b: (a["text"], a["primary"], a["secondary"]) == (b["text"], b["primary"], b["secondary"])
+        if other is not row and not same(other, row):  # a word-for-word repeat is a duplicate, dropped below
             raise InputError(f"{row['where']}: id {row['id']!r} is also the id of {other['where']}; ids must be unique: "
                              f"fix the id column, or rename one of two input files with the same name")
     without_label = sum(r["primary"] == NONE for r in rows)

@@ -173,13 +173,18 @@ def export_tasks(source: Path, output: Path, fmt: str, theme_ids: list[str], mul
     return len(rows)
 
 
-def _choices(value) -> list[str]:
-    """A choice as Label Studio's JSON-MIN export writes it: a string, or {"choices": [...]} for several."""
+def _choices(value, where: str) -> list[str]:
+    """Choices as Label Studio writes them: {"choices": [...]} in the JSON export; in JSON-MIN a string, or
+    {"choices": [...]} for several. A lone string stays one choice."""
+    if isinstance(value, dict):
+        value = value.get("choices", [])
     if value is None or value == "":
         return []
-    if isinstance(value, dict):
-        return list(value.get("choices", []))
-    return list(value) if isinstance(value, list) else [value]
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{where}: expected choices as label names, found {json.dumps(value, ensure_ascii=False)[:60]}")
+    return value
 
 
 def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
@@ -198,7 +203,7 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
             raise InputError(f"{where}: expected a task object, found {type(task).__name__}")
         if "annotations" not in task and "data" not in task:  # JSON-MIN: data fields and choices side by side
             if "primary" in task:
-                out.append((where, task, _choices(task["primary"]), _choices(task.get("secondary"))))
+                out.append((where, task, _choices(task["primary"], where), _choices(task.get("secondary"), where)))
             continue
         annotations = task.get("annotations", [])
         if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
@@ -216,13 +221,17 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
         for result in results:
             names.add(result.get("from_name"))
             if result.get("from_name") in choices:
-                choices[result["from_name"]] = list(result.get("value", {}).get("choices", []))
+                choices[result["from_name"]] = _choices(result.get("value"), where)
         if not choices["primary"] and names - {"primary", "secondary"}:
             raise InputError(
                 f"{where}: expected choices named primary/secondary (the interface `pipeline label export` writes, "
                 f"<output>.xml), found {', '.join(sorted(map(str, names)))}; label with that interface"
             )
-        out.append((where, task.get("data", {}), choices["primary"], choices["secondary"]))
+        data = task.get("data")
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected \"data\" an object with the task's text and pid, "
+                             f"found {json.dumps(data, ensure_ascii=False)[:60]}")
+        out.append((where, data, choices["primary"], choices["secondary"]))
     return out
 
 

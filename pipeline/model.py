@@ -223,10 +223,18 @@ def score_windows(forward, ids: list[list[int]], owners: list[int], n_texts: int
         window_probs[batch] = expit(logits) if multi_label else softmax(logits, axis=1)
 
     list((pool.map if pool is not None else map)(score_batch, range(0, len(order), batch_size)))
+    return mean_by_owner(window_probs, owners, n_texts), np.bincount(owners, minlength=n_texts).tolist()
+
+
+def mean_by_owner(window_probs, owners, n_texts: int):
+    """(n_texts, n_labels): each text's score is the mean of its windows' probabilities. Training's early
+    stopping, evaluate and predict all score a paragraph this way."""
+    import numpy as np
+
     counts = np.bincount(owners, minlength=n_texts)
-    sums = np.zeros((n_texts, n_labels), dtype=np.float32)
+    sums = np.zeros((n_texts, window_probs.shape[1]), dtype=np.float32)
     np.add.at(sums, owners, window_probs)
-    return sums / np.maximum(counts, 1)[:, None], counts.tolist()
+    return sums / np.maximum(counts, 1)[:, None]
 
 
 def torch_forward(model):

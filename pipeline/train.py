@@ -30,7 +30,7 @@ from pipeline.config import Config, config_dict, save_config
 from pipeline.data import NONE, file_sha256, load_split, resolve_schema
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.metrics import choose_thresholds, membership, selection_score
-from pipeline.model import build_classifier, encode_windows, resolve_precision, score_texts
+from pipeline.model import build_classifier, encode_windows, mean_by_owner, resolve_precision, score_texts
 
 log = logging.getLogger("pipeline")
 
@@ -104,6 +104,7 @@ def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
         "config": recipe,
         "data_sha256": {name: file_sha256(data_dir / f"{name}.jsonl") for name in ("train", "validation")},
         "processes": processes,  # the global batch is split differently: steps and sampling change
+        "examples": "windows",  # paragraphs were truncated before 26 Nov 2026: such checkpoints do not resume here
     }
 
 
@@ -268,10 +269,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
             raise RuntimeError(f"validation predictions: {len(pred.predictions)}, expected {len(val_owners)} windows")
         logits = torch.tensor(pred.predictions, dtype=torch.float32)
         window_probs = (torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).numpy()
-        probs = np.zeros((len(val_rows), window_probs.shape[1]), dtype=np.float32)
-        np.add.at(probs, val_owners, window_probs)
-        probs /= np.bincount(val_owners, minlength=len(val_rows))[:, None]
-        return {"macro_f1": selection_score(val_rows, probs, theme_ids, multi)}
+        return {"macro_f1": selection_score(val_rows, mean_by_owner(window_probs, val_owners, len(val_rows)), theme_ids, multi)}
 
     start = time.time()
     try:

@@ -388,7 +388,10 @@ def test_export_never_replaces_a_folder_it_did_not_write_and_runs_need_their_tok
     fails(invoke("export", run, "--format", "torch", "--quantize", "int8", "-o", foreign),
           f"{foreign} exists and does not look like an earlier output of this stage (no export.json)")
     assert (foreign / "keep.txt").read_text(encoding="utf-8") == "mine"
-    assert oct((root / "models/tiny/model.safetensors").stat().st_mode & 0o044) == oct(0o044), "weights readable by others"
+    from pipeline.runs import umask
+
+    expected = 0o666 & ~umask()  # what an ordinary file gets under this umask
+    assert (root / "models/tiny/model.safetensors").stat().st_mode & 0o777 == expected, "weights as readable as any output"
     (run / "tokenizer.json").unlink()
     fails(invoke("predict", root / SEED, "--model", run, "-o", tmp_path / "out.jsonl"),
           f"run directory {run} is incomplete: no tokenizer")
@@ -436,3 +439,28 @@ def test_sigterm_leaves_no_partial_output(tiny_run, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "terminated (SIGTERM); nothing half-written was kept" in stderr, stderr
     assert list(out.iterdir()) == []
+
+
+def test_yaml_anchors_repeated_rows_huge_cells_and_odd_label_studio_values(project, tmp_path):
+    # YAML merge keys still work with the duplicate-key check.
+    rows = "".join(f"经济新闻第{i}条内容。,economy\n文化新闻第{i}条内容。,culture\n" for i in range(6))
+    (tmp_path / "a.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    cfg = tmp_path / "anchors.yaml"
+    cfg.write_text(f"run_name: a\nthemes: null\ndata:\n  tables:\n    - &t {{path: {tmp_path / 'a.csv'}, split: null}}\n"
+                   f"    - {{<<: *t, path: {tmp_path / 'a.csv'}}}\n  output_dir: {tmp_path / 'p'}\n", encoding="utf-8")
+    result = invoke("prepare", cfg)  # the same rows twice: word-for-word repeats, dropped and counted
+    assert result.exit_code == 0, result.output
+    assert "'duplicate': 12" in result.output
+    # A cell over csv's default 128 KiB limit is read; an unclosed quote near the end is named, not a traceback.
+    (tmp_path / "a.csv").write_text("text,label\n" + "长" * 200_000 + ",economy\n" + rows, encoding="utf-8")
+    assert invoke("prepare", cfg).exit_code == 0
+    (tmp_path / "a.csv").write_text("text,label\n" + rows + '"未闭合的引号,economy\n', encoding="utf-8")
+    fails(invoke("prepare", cfg), f"{tmp_path / 'a.csv'}:14: expected 2 columns", "check the delimiter and quoting")
+    # Label Studio values of the wrong type.
+    for task, message in (({"data": None, "annotations": [{"result": [{"from_name": "primary", "value": {"choices": ["economy"]}}]}]},
+                           'expected "data" an object'),
+                          ({"data": {"pid": "p", "text": "t"}, "annotations": [{"result": [{"from_name": "primary", "value": {"choices": [1]}}]}]},
+                           "expected choices as label names")):
+        (tmp_path / "ls.json").write_text(json.dumps([task]), encoding="utf-8")
+        fails(invoke("label", "import", tmp_path / "ls.json", "--format", "labelstudio", "-o", tmp_path / "l.jsonl",
+                     "--config", "configs/tiny.yaml"), message)

@@ -44,6 +44,21 @@ def test_label_maps_and_thresholds_travel_in_config_json(tiny_run):
     assert weights["classifier.weight"].shape == (6, 32)
 
 
+def test_long_paragraphs_are_trained_on_every_window(tiny_run):
+    # configs/tiny.yaml has 64-token windows; every seed paragraph (78-285 characters) is longer.
+    from pipeline.data import load_split
+    from pipeline.model import encode_windows, load_run
+
+    root, _ = tiny_run
+    run = root / "models/tiny"
+    t = json.loads((run / "train_metrics.json").read_text())
+    train_rows, val_rows = (load_split(root / "data/prepared-tiny", s) for s in ("train", "validation"))
+    tokenizer, model = load_run(run)
+    assert t["train_windows"] == len(encode_windows(tokenizer, [r["text"] for r in train_rows])[0]) > len(train_rows)
+    assert t["validation_windows"] == len(encode_windows(tokenizer, [r["text"] for r in val_rows])[0]) > len(val_rows)
+    assert t["train_paragraphs_over_one_window"] == len(train_rows)
+
+
 def test_resolved_config_and_data_hashes_saved(tiny_run):
     root, _ = tiny_run
     saved = yaml.safe_load((root / "models/tiny/config.yaml").read_text(encoding="utf-8"))

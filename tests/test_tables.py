@@ -216,3 +216,34 @@ def test_a_json_array_of_records_reads_like_jsonl(tmp_path):
     src.write_text(json.dumps(["just a string"]), encoding="utf-8")
     result = invoke("prepare", _config(tmp_path, [{"path": str(src)}]))
     assert result.exit_code == 2 and f"{src}:1: expected a record with named fields" in result.output
+
+
+def test_early_stopping_scores_a_long_paragraph_by_its_windows_mean(tmp_path):
+    # Paragraphs several 32-token windows long, with a learnable signal: the best validation figure the
+    # Trainer kept is the one evaluate's scoring (score_texts: the mean over windows) gives the kept model.
+    import random
+
+    from pipeline.data import load_split
+    from pipeline.metrics import selection_score
+    from pipeline.model import load_run, score_texts
+
+    rng = random.Random(0)
+    words = {"finance": "股票基金银行利率债券", "realty": "楼盘住房租赁土地物业", "sports": "比赛球队冠军体育赛事"}
+    # The first window (30 characters) is filler alike for every class: only the later windows tell them
+    # apart, so scoring a paragraph by its first window alone would not reach the kept figure.
+    rows = [("".join(rng.choice("的了在是和这有也就都") for _ in range(40)) + "".join(rng.choice(chars) for _ in range(50))
+             + f"第{i}篇。", label) for label, chars in words.items() for i in range(14)]
+    src = tmp_path / "long.csv"
+    src.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows), encoding="utf-8")
+    cfg = _config(tmp_path, [{"path": str(src)}], epochs=6, learning_rate=0.005, early_stopping_patience=6)
+    result = invoke("run", cfg, "--set", "model.max_length=32")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "models" / "own"
+    t = json.loads((run / "train_metrics.json").read_text())
+    val_rows = load_split(tmp_path / "prepared", "validation")
+    assert t["validation_windows"] >= 3 * len(val_rows) and t["best_validation_macro_f1"] > 0.5
+    tokenizer, model = load_run(run)
+    probs, windows = score_texts(model, tokenizer, [r["text"] for r in val_rows])
+    assert sum(windows) == t["validation_windows"]
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    assert selection_score(val_rows, probs, labels, False) == pytest.approx(t["best_validation_macro_f1"], abs=1e-6)
