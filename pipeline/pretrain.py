@@ -104,6 +104,11 @@ def pretrain(cfg: PretrainConfig, seed: int = 42, force: bool = False) -> Path:
     final = base_dir(cfg, seed)
     if (final / "model.safetensors").is_file() and not force:
         log.info("reusing pretrained base %s (same pretrain config)", final)
+        built_from = (runs.read_json(final / REPORT_JSON) if (final / REPORT_JSON).is_file() else {}).get("files_sha256", {})
+        changed = [spec for spec, digest in built_from.items() if Path(spec).is_file() and file_sha256(Path(spec)) != digest]
+        if changed:  # e.g. paragraphs labelled since were in its pretraining text: keep them out of a test split
+            log.warning("%s changed since this base was built from it; `pipeline pretrain CONFIG --force` rebuilds it",
+                        ", ".join(changed))
         return final
     work = final.with_name(final.name + ".partial")
     if force:

@@ -36,7 +36,11 @@ def test_pretrain_builds_a_loadable_base_and_reuses_it(project):
     assert report["heldout_paragraphs"] == 3 and report["heldout_perplexity"] > 1
 
     again = invoke("pretrain", "configs/tiny.yaml", *TINY)
-    assert again.exit_code == 0 and "reusing pretrained base" in again.output
+    assert again.exit_code == 0 and "reusing pretrained base" in again.output and "changed since" not in again.output
+    corpus = next(spec for spec in report["files_sha256"])  # the corpus file, hashed when the base was built
+    Path(corpus).write_text(Path(corpus).read_text(encoding="utf-8") + "新增的一段文字。\n", encoding="utf-8")
+    edited = invoke("pretrain", "configs/tiny.yaml", *TINY)
+    assert edited.exit_code == 0 and f"{corpus} changed since this base was built from it" in edited.output
     changed = invoke("pretrain", "configs/tiny.yaml", *TINY, "--set", "pretrain.max_steps=3")
     assert changed.exit_code == 0
     assert len(list(Path("models/pretrained").glob("base-*-s13"))) == 2, "a changed recipe builds a new base"
