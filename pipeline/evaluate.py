@@ -47,7 +47,8 @@ def baseline_predictions(train_rows: list[dict], test_rows: list[dict], multi_la
     result = {"majority": ([majority] * len(test_rows), [says_none] * len(test_rows))}
     if len({r["primary"] for r in fit_rows}) >= 2:
         vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
-        clf = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced")
+        # newton-cg reaches the (unique, L2-regularised) optimum in about 4 s here; lbfgs took 26 s.
+        clf = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", solver="newton-cg")
         clf.fit(vectorizer.fit_transform([r["text"] for r in fit_rows]), [r["primary"] for r in fit_rows])
         proba = clf.predict_proba(vectorizer.transform([r["text"] for r in test_rows]))
         classes = list(clf.classes_)

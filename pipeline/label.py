@@ -39,7 +39,7 @@ def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6
     if len(rows) < folds * 2:
         raise InputError(f"label check needs at least {folds * 2} labelled rows with text, found {len(rows)}")
     y = [r["primary"] for r in rows]
-    model = make_pipeline(_tfidf(), LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced"))
+    model = make_pipeline(_tfidf(), LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", solver="newton-cg"))
     # Stratify when every class fills every fold; with rarer classes, plain shuffled folds still work
     # (a class missing from a training fold just scores 0 there).
     stratify = min(np.unique(y, return_counts=True)[1]) >= folds
