@@ -148,8 +148,12 @@ def _print_metrics(m: dict, run_dir: Path) -> None:
     tf = m["baselines"].get("tfidf_char_lr")
     if tf:
         line += f" (TF-IDF baseline macro-F1 {tf['primary']['macro_f1']:.3f})"
-    shown = "report: " + f"{Path(run_dir) / 'report.html'} (and report.md)" if m["split"] == "test" else \
-        "written: " + ", ".join(str(Path(run_dir) / f) for f in m["files"])
+    if m["split"] == "test":
+        shown = f"report: {Path(run_dir) / 'report.html'} (and report.md)"
+    else:
+        from pipeline.evaluate import output_files
+
+        shown = "written: " + ", ".join(str(Path(run_dir) / f) for f in output_files(m["split"]))
     typer.echo(f"{line}\n{shown}")
 
 

@@ -9,10 +9,10 @@ counts everything that was dropped and why.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
-import csv
 import logging
 import math
 import re
@@ -373,12 +373,11 @@ def _table_format(source: TableSource) -> str:
     return formats[path.suffix.lower()]
 
 
-def _csv_records(reader, path: Path) -> Iterator[list[str]]:
+def _csv_records(reader, path: Path, fmt: str) -> Iterator[list[str]]:
     try:
         yield from reader
     except csv.Error as e:
-        raise InputError(f"{path}:{reader.line_num}: not readable as {'CSV' if reader.dialect.delimiter == ',' else 'TSV'} "
-                         f"({e}); check the quoting near that line") from None
+        raise InputError(f"{path}:{reader.line_num}: not readable as {fmt.upper()} ({e}); check the quoting near that line") from None
 
 
 def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
@@ -396,7 +395,7 @@ def _table_rows(source: TableSource) -> Iterator[tuple[int, dict]]:
         names = source.columns
         number = 1  # the line a record starts on
         spanning = []  # records over several lines: quoted line breaks, or an unclosed quote swallowing rows
-        for values in _csv_records(reader, path):
+        for values in _csv_records(reader, path, fmt):
             number, start = reader.line_num + 1, number
             if number - start > 1:
                 spanning.append(start)
@@ -748,10 +747,10 @@ def prepare(cfg: Config) -> dict:
     if cfg.themes is None:
         cfg.themes = [Theme(id=label, name=label, description="") for label in schema]
     first_with: dict[str, dict] = {}
+    content = lambda r: (r["text"], r["primary"], r["secondary"])
     for row in rows:
         other = first_with.setdefault(row["id"], row)
-        same = lambda a, b: (a["text"], a["primary"], a["secondary"]) == (b["text"], b["primary"], b["secondary"])
-        if other is not row and not same(other, row):  # a word-for-word repeat is a duplicate, dropped below
+        if content(other) != content(row):  # a word-for-word repeat is a duplicate, dropped below
             raise InputError(f"{row['where']}: id {row['id']!r} is also the id of {other['where']}; ids must be unique: "
                              f"fix the id column, or rename one of two input files with the same name")
     without_label = sum(r["primary"] == NONE for r in rows)

@@ -22,9 +22,9 @@ from pipeline.config import load_config
 from pipeline.data import NONE, file_sha256, load_split
 from pipeline.errors import InputError, RunDirError
 from pipeline.metrics import (bootstrap_ci, calibration, classification_metrics, length_buckets, membership,
-                              theme_metrics, threshold_curves)
+                              tfidf_char_lr, theme_metrics, threshold_curves)
 from pipeline.model import decide, load_run, score_texts
-from pipeline.report import write_reports
+from pipeline.report import MODEL_CARD, REPORT_HTML, write_reports
 
 BOOTSTRAP_RESAMPLES = 1000  # enough for stable 2.5/97.5 percentiles; vectorised, well under a second
 
@@ -34,9 +34,6 @@ def baseline_predictions(train_rows: list[dict], test_rows: list[dict], multi_la
     character 1-3-gram logistic regression, fitted on `train_rows`.
 
     Primary = best theme among themes; `none` when the none class wins overall (multi-label only)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
     fit_rows = train_rows if multi_label else [r for r in train_rows if r["primary"] != NONE]
     counts = Counter(r["primary"] for r in fit_rows)
     themed = Counter({label: n for label, n in counts.items() if label != NONE})
@@ -46,11 +43,8 @@ def baseline_predictions(train_rows: list[dict], test_rows: list[dict], multi_la
     majority, says_none = themed.most_common(1)[0][0], counts.most_common(1)[0][0] == NONE
     result = {"majority": ([majority] * len(test_rows), [says_none] * len(test_rows))}
     if len({r["primary"] for r in fit_rows}) >= 2:
-        vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
-        # newton-cg reaches the (unique, L2-regularised) optimum in about 4 s here; lbfgs took 26 s.
-        clf = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", solver="newton-cg")
-        clf.fit(vectorizer.fit_transform([r["text"] for r in fit_rows]), [r["primary"] for r in fit_rows])
-        proba = clf.predict_proba(vectorizer.transform([r["text"] for r in test_rows]))
+        clf = tfidf_char_lr().fit([r["text"] for r in fit_rows], [r["primary"] for r in fit_rows])
+        proba = clf.predict_proba([r["text"] for r in test_rows])
         classes = list(clf.classes_)
         theme_cols = [j for j, c in enumerate(classes) if c != NONE]
         top = [classes[theme_cols[int(np.argmax(row[theme_cols]))]] for row in proba]
@@ -128,6 +122,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def output_files(split: str) -> list[str]:
+    """What evaluate writes into the run directory. The test split's files are the run's evaluation (the
+    pages and model card are rendered from them); scoring validation must not overwrite them, so its
+    files carry the split's name."""
+    if split == "test":
+        return [runs.METRICS, runs.TEST_PREDICTIONS, REPORT_HTML, runs.REPORT_MD, MODEL_CARD]
+    return [f"metrics-{split}.json", f"predictions-{split}.jsonl"]
+
+
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     """Score the run on `split` and write metrics.json, predictions.jsonl, report.md, report.html and README.md into it."""
     if split not in ("test", "validation"):
@@ -183,10 +186,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         "versions": _versions(),
     }
     top, labels = decide(probs, theme_ids, thresholds)
-    # The test split's files are the run's evaluation (the pages and model card are rendered from them);
-    # scoring validation must not overwrite them, so its files carry the split's name.
-    metrics_file, predictions_file = ((runs.METRICS, runs.TEST_PREDICTIONS) if split == "test" else
-                                      (f"metrics-{split}.json", f"predictions-{split}.jsonl"))
+    metrics_file, predictions_file = output_files(split)[:2]
     with runs.atomic_file(run_dir / predictions_file) as f:
         for row, t, ls, p, w in zip(rows, top, labels, probs, windows):
             f.write(json.dumps({
@@ -194,9 +194,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
                 "label": t, "labels": ls, "scores": {th: round(float(x), 4) for th, x in zip(theme_ids, p)}, "windows": w,
             }, ensure_ascii=False) + "\n")
     runs.write_json(run_dir / metrics_file, metrics)
-    metrics["files"] = [metrics_file, predictions_file]
     if split == "test":
         # The pages are rendered from the files just written, so what they show is what metrics.json says.
         write_reports(run_dir)
-        metrics["files"] += ["report.html", "report.md", "README.md"]
     return metrics

@@ -17,21 +17,13 @@ from pipeline import runs
 from pipeline.config import Config
 from pipeline.data import NONE, Dropped, iter_jsonl, read_labels, read_paragraphs, read_table, read_text
 from pipeline.errors import InputError
-from pipeline.metrics import membership
-
-
-def _tfidf():
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
+from pipeline.metrics import membership, tfidf_char_lr, tfidf_char_vectorizer
 
 
 def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6) -> list[dict]:
     """Rows whose out-of-fold prediction (TF-IDF char n-gram LR: no fine-tuning, minutes on a CPU) disagrees
     with the gold primary at `min_confidence` or more, most confident first, written to `output`."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
 
     labels = read_labels(cfg.data.labels, cfg.theme_ids)
     rows = [{"id": i, **lab} for i, lab in labels.items() if lab["text"]]
@@ -39,7 +31,7 @@ def check(cfg: Config, output: Path, folds: int = 5, min_confidence: float = 0.6
     if len(rows) < folds * 2:
         raise InputError(f"label check needs at least {folds * 2} labelled rows with text, found {len(rows)}")
     y = [r["primary"] for r in rows]
-    model = make_pipeline(_tfidf(), LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", solver="newton-cg"))
+    model = tfidf_char_lr()
     # Stratify when every class fills every fold; with rarer classes, plain shuffled folds still work
     # (a class missing from a training fold just scores 0 there).
     stratify = min(np.unique(y, return_counts=True)[1]) >= folds
@@ -78,7 +70,7 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
     cut = np.array([thresholds[t] for t in theme_ids])
     uncertainty = -np.abs(probs - cut).min(axis=1)  # nearest any threshold = least sure
     order = np.argsort(-uncertainty)[: n * 5]
-    vectors = _tfidf().fit_transform([pool[i].text for i in order])
+    vectors = tfidf_char_vectorizer().fit_transform([pool[i].text for i in order])
     chosen: list[int] = []
     for rank in range(len(order)):
         if len(chosen) == n:
@@ -187,9 +179,9 @@ def _choices(value, where: str) -> list[str]:
     return value
 
 
-def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
-    """(where, data, primary choices, secondary choices) per annotated task, from Label Studio's JSON
-    export (the latest kept annotation wins) or its JSON-MIN export (one flat object per task)."""
+def _from_label_studio(path: Path) -> tuple[list[tuple[str, dict, list[str], list[str]]], int]:
+    """((where, data, primary choices, secondary choices) per annotated task, tasks in the file), from Label
+    Studio's JSON export (the latest kept annotation wins) or its JSON-MIN export (one flat object per task)."""
     try:
         tasks = json.loads(read_text(path))
     except json.JSONDecodeError as e:
@@ -232,13 +224,14 @@ def _from_label_studio(path: Path) -> list[tuple[str, dict, list[str], list[str]
             raise InputError(f"{where}: expected \"data\" an object with the task's text and pid, "
                              f"found {json.dumps(data, ensure_ascii=False)[:60]}")
         out.append((where, data, choices["primary"], choices["secondary"]))
-    return out
+    return out, len(tasks)
 
 
-def _from_doccano(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
+def _from_doccano(path: Path) -> tuple[list[tuple[str, dict, list[str], list[str]]], int]:
     """doccano has no primary/secondary: the first label is the primary; label `none` for no theme."""
-    out = []
+    out, total = [], 0
     for number, row in iter_jsonl(read_text(path).splitlines(), str(path)):
+        total += 1
         if not isinstance(row, dict):
             raise InputError(f"{path}:{number}: expected a JSON object (doccano's JSONL export), found {type(row).__name__}")
         labels = row.get("label") or row.get("labels") or []
@@ -249,7 +242,7 @@ def _from_doccano(path: Path) -> list[tuple[str, dict, list[str], list[str]]]:
                              f"project), found {json.dumps(labels, ensure_ascii=False)[:60]}; span labels are not classes")
         if labels:
             out.append((f"{path}:{number}", row, labels[:1], labels[1:]))
-    return out
+    return out, total
 
 
 def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str], multi_label: bool = True) -> dict:
@@ -258,11 +251,9 @@ def import_annotations(source: Path, output: Path, fmt: str, theme_ids: list[str
     if not source.is_file():
         raise InputError(f"{source} not found; pass the file exported from {fmt}")
     if fmt == "labelstudio":
-        annotated = _from_label_studio(source)
-        total = len(json.loads(read_text(source)))
+        annotated, total = _from_label_studio(source)
     elif fmt == "doccano":
-        annotated = _from_doccano(source)
-        total = sum(1 for line in read_text(source).splitlines() if line.strip())
+        annotated, total = _from_doccano(source)
     else:
         raise InputError(f"--format expects labelstudio or doccano, found {fmt!r}")
     allowed = set(theme_ids) | ({NONE} if multi_label else set())
