@@ -168,19 +168,35 @@ def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None):
 
 def encode_windows(tokenizer, texts: list[str], stride: int = 32):
     """(token ids per window, owning text index per window). Text longer than the model's window
-    becomes several windows overlapping by `stride` tokens: nothing is cut off."""
+    becomes several windows overlapping by `stride` tokens: nothing is cut off.
+
+    The windows are cut here rather than by the tokenizer's return_overflowing_tokens, whose result
+    depends on the tokenizers release: 0.23.2 returns only the first overflow window of each text,
+    which silently dropped everything past about 220 tokens."""
     max_length = tokenizer.model_max_length
-    enc = tokenizer(
-        texts,
-        truncation=True,
-        max_length=max_length,
-        stride=min(stride, max_length // 4),
-        return_overflowing_tokens=True,
-        padding=False,
-        return_attention_mask=False,  # built per batch from the padded lengths instead
-        return_token_type_ids=False,  # one segment: the model's default zeros
-    )
-    return enc["input_ids"], enc["overflow_to_sample_mapping"]
+    prefix, suffix = _special_tokens_around(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
+    step = body - min(stride, max_length // 4)
+    enc = tokenizer(texts, add_special_tokens=False, truncation=False, return_attention_mask=False,
+                    return_token_type_ids=False, verbose=False)  # verbose: no "longer than max length" warning
+    ids, owners = [], []
+    for owner, tokens in enumerate(enc["input_ids"]):
+        start = 0
+        while True:
+            ids.append(prefix + tokens[start:start + body] + suffix)
+            owners.append(owner)
+            if start + body >= len(tokens):
+                break
+            start += step
+    return ids, owners
+
+
+def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single text ([CLS] and [SEP] for BERT)."""
+    full, special = tokenizer("中文")["input_ids"], set(tokenizer.all_special_ids)
+    head = next((i for i, t in enumerate(full) if t not in special), len(full))
+    tail = next((i for i in range(len(full), head, -1) if full[i - 1] not in special), head)
+    return full[:head], full[tail:]
 
 
 SHAPE_STEP = 16

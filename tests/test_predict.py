@@ -132,6 +132,27 @@ def test_long_paragraph_window_count_is_exact(tiny_run, tmp_path):
     assert "(1 needed several windows)" in result.output
 
 
+def test_windows_cover_every_token_in_order(tiny_run):
+    # The windows are cut by encode_windows itself: tokenizers 0.23.2's return_overflowing_tokens gave only
+    # two windows per text, silently dropping the rest. Stitched back together, the windows are the text.
+    from pipeline.model import encode_windows, load_run
+
+    root, _ = tiny_run
+    tokenizer, _ = load_run(root / "models/tiny")
+    texts = ["", "短句。", "和平区推进城市更新。" * 60, "经济" * 31]
+    ids, owners = encode_windows(tokenizer, texts)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    for i, text in enumerate(texts):
+        windows = [w for w, o in zip(ids, owners) if o == i]
+        assert all(w[0] == cls and w[-1] == sep and len(w) <= 64 for w in windows)
+        stitched = windows[0][1:-1]
+        for w in windows[1:]:
+            assert w[1:17] == stitched[-16:]  # 16 tokens of overlap at max_length 64
+            stitched += w[17:-1]
+        assert stitched == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [owners.count(i) for i in range(len(texts))] == [1, 1, 13, 1]
+
+
 def test_output_order_and_scores_survive_chunking_and_length_sorting(tiny_run, tmp_path, monkeypatch):
     import numpy as np
 
