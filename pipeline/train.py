@@ -96,6 +96,34 @@ def _callbacks(save_steps: int | None):
     return [PerProcessSeed(), SaveEvery(), runs.no_pickled_args()]
 
 
+def _trainer_class(lengths: list[int] | None, seed: int):
+    """transformers.Trainer, or with lengths, one whose training batches group windows of similar length.
+
+    The Trainer's own group_by_length sampler draws from the global RNG: processes, whose dropout seeds
+    differ, would disagree on the order, and a resumed epoch would not replay the interrupted one's. This
+    one is seeded by data_seed and the epoch, like the Trainer's random sampler."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    if lengths is None:
+        return Trainer
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:  # accelerate's data loader calls it at every epoch start
+            self.generator = torch.Generator().manual_seed(seed + epoch)
+
+    class LengthGroupedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            # Per-process batches: under data parallelism each process takes every n-th batch of this order.
+            sampler = EpochSeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                                      lengths=lengths)
+            sampler.set_epoch(0)
+            return sampler
+
+    return LengthGroupedTrainer
+
+
 def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
     """What decides the training trajectory: checkpoints are resumed only into an identical one."""
     recipe = config_dict(cfg)
@@ -172,7 +200,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
     continues from its last complete checkpoint; resume=True insists on it (an error if there is none)."""
     import torch
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments, set_seed
 
     if cfg.run_name == runs.LATEST or cfg.run_name.endswith(runs.PARTIAL_SUFFIX):
         raise ConfigError(f"run_name {cfg.run_name!r} is reserved (the latest-run link, or a run's working folder); choose another")
@@ -282,7 +310,8 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
                 checkpoint = runs.last_checkpoint(work / runs.CHECKPOINTS, args.world_size)
         if checkpoint is not None and main:
             log.info("resuming from %s (step %s)", checkpoint, checkpoint.name.rsplit("-", 1)[1])
-        trainer = Trainer(
+        lengths = [len(x) for x in train_ds["input_ids"]] if cfg.train.group_by_length else None
+        trainer = _trainer_class(lengths, cfg.seed)(
             model=model,
             args=args,
             train_dataset=train_ds,
