@@ -152,7 +152,7 @@ class TrainConfig(Strict):
         "the precision used is saved in train_metrics.json."
     )
     group_by_length: bool = Field(
-        False, description="Batch training windows of similar length together (sorted within mega-batches of 50 "
+        False, description="Batch training windows of similar length together (sorted within mega-batches of up to 50 "
         "batches, shuffled per epoch): less padding, so faster training (17% on the default corpus); false: random batches."
     )
     early_stopping_patience: int = Field(3, ge=1, description="Epochs without a better validation macro-F1 before stopping.")

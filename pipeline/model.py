@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from pipeline.config import ModelConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -176,7 +176,10 @@ def encode_windows(tokenizer, texts: list[str], stride: int = 32):
     max_length = tokenizer.model_max_length
     prefix, suffix = _special_tokens_around(tokenizer)
     body = max_length - len(prefix) - len(suffix)
-    step = body - min(stride, max_length // 4)
+    if body < 2:
+        raise ConfigError(f"the tokenizer's window of {max_length} tokens (its model_max_length) leaves no room for text "
+                          f"beside its special tokens; expected 16 or more: set model_max_length in its tokenizer_config.json")
+    step = max(1, body - min(stride, max_length // 4))
     enc = tokenizer(texts, add_special_tokens=False, truncation=False, return_attention_mask=False,
                     return_token_type_ids=False, verbose=False)  # verbose: no "longer than max length" warning
     ids, owners = [], []
@@ -193,7 +196,13 @@ def encode_windows(tokenizer, texts: list[str], stride: int = 32):
 
 def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a single text ([CLS] and [SEP] for BERT)."""
-    full, special = tokenizer("中文")["input_ids"], set(tokenizer.all_special_ids)
+    probe = "中文 text"
+    bare, full = tokenizer(probe, add_special_tokens=False)["input_ids"], tokenizer(probe)["input_ids"]
+    for at in range(len(full) - len(bare) + 1):  # the text's tokens inside the full encoding
+        if full[at:at + len(bare)] == bare:
+            return full[:at], full[at + len(bare):]
+    # Some tokenizers encode the text differently once special tokens are added: take the special ids at the ends.
+    special = set(tokenizer.all_special_ids)
     head = next((i for i, t in enumerate(full) if t not in special), len(full))
     tail = next((i for i in range(len(full), head, -1) if full[i - 1] not in special), head)
     return full[:head], full[tail:]

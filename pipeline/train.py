@@ -96,29 +96,52 @@ def _callbacks(save_steps: int | None):
     return [PerProcessSeed(), SaveEvery(), runs.no_pickled_args()]
 
 
-def _trainer_class(lengths: list[int] | None, seed: int):
-    """transformers.Trainer, or with lengths, one whose training batches group windows of similar length.
+def _length_grouped_sampler(lengths: list[int], batch_size: int, seed: int):
+    """A sampler putting windows of similar length in the same batch, its order drawn from seed + epoch alone.
 
     The Trainer's own group_by_length sampler draws from the global RNG: processes, whose dropout seeds
-    differ, would disagree on the order, and a resumed epoch would not replay the interrupted one's. This
-    one is seeded by data_seed and the epoch, like the Trainer's random sampler."""
+    differ, would disagree on the order, and a resumed epoch would not replay the interrupted one's."""
     import torch
-    from transformers import Trainer
+    from transformers import TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # accelerate's data loader calls it at epoch starts
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(seed + self.epoch)  # the same order however often iterated
+            return super().__iter__()
+
+    class SetSamplerEpoch(TrainerCallback):
+        # Accelerate's set_epoch does not reach the sampler through the extra wrapper a mid-epoch resume adds
+        # under data parallelism (batches already trained are skipped): set it here, before each epoch's
+        # batches are drawn. state.epoch is the epoch index then, or index + fraction done when resuming.
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            sampler.set_epoch(int(state.epoch or 0))
+
+    sampler = EpochSeededLengthGroupedSampler(batch_size, lengths=lengths)
+    return sampler, SetSamplerEpoch()
+
+
+def _trainer_class(lengths: list[int] | None, seed: int):
+    """transformers.Trainer, or with lengths, one whose training batches group windows of similar length."""
+    from transformers import Trainer
 
     if lengths is None:
         return Trainer
 
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        def set_epoch(self, epoch: int) -> None:  # accelerate's data loader calls it at every epoch start
-            self.generator = torch.Generator().manual_seed(seed + epoch)
-
     class LengthGroupedTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             # Per-process batches: under data parallelism each process takes every n-th batch of this order.
-            sampler = EpochSeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                                      lengths=lengths)
-            sampler.set_epoch(0)
+            sampler, callback = _length_grouped_sampler(
+                lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed)
+            if getattr(self, "_sampler_epoch", None) is not None:  # a new data loader: its sampler replaces the old
+                self.remove_callback(self._sampler_epoch)
+            self._sampler_epoch = callback
+            self.add_callback(callback)
             return sampler
 
     return LengthGroupedTrainer

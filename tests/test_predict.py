@@ -153,6 +153,19 @@ def test_windows_cover_every_token_in_order(tiny_run):
     assert [owners.count(i) for i in range(len(texts))] == [1, 1, 13, 1]
 
 
+def test_windows_of_a_tokenizer_that_knows_none_of_the_text():
+    # Every character [UNK], itself a special token: the windows still carry [CLS] and [SEP] once each.
+    from transformers import BertTokenizer
+
+    from pipeline.model import encode_windows
+
+    tokenizer = BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "的": 5})
+    tokenizer.model_max_length = 16
+    ids, owners = encode_windows(tokenizer, ["中文" * 20, "的"])
+    assert ids[0] == [2] + [1] * 14 + [3] and ids[-1] == [2, 5, 3]
+    assert owners == [0, 0, 0, 0, 1]  # 40 tokens: windows of 14 overlapping by 4 start at 0, 10, 20, 30
+
+
 def test_output_order_and_scores_survive_chunking_and_length_sorting(tiny_run, tmp_path, monkeypatch):
     import numpy as np
 

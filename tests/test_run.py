@@ -114,7 +114,8 @@ def test_length_grouped_batches_pad_less_and_replay_by_seed_and_epoch():
     from pipeline.train import _trainer_class
 
     lengths = [3 + (i * 37) % 126 for i in range(2000)]
-    trainer = SimpleNamespace(args=SimpleNamespace(train_batch_size=32, gradient_accumulation_steps=1))
+    trainer = SimpleNamespace(args=SimpleNamespace(train_batch_size=32, gradient_accumulation_steps=1),
+                              add_callback=lambda callback: None, remove_callback=lambda callback: None)
 
     def order(seed, epoch):
         sampler = _trainer_class(lengths, seed)._get_train_sampler(trainer)
@@ -130,3 +131,33 @@ def test_length_grouped_batches_pad_less_and_replay_by_seed_and_epoch():
     shuffled = torch.randperm(2000, generator=torch.Generator().manual_seed(0)).tolist()
     assert padded(first) < 0.8 * padded(shuffled)
     assert padded(first) < 1.1 * sum(lengths)  # random batches: about 1.9 times
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_length_grouped_order_survives_a_mid_epoch_resume(processes):
+    # Resuming in epoch 2 after 3 batches: accelerate wraps the loader once more to skip them, and its
+    # set_epoch no longer reaches the sampler with 2 processes; the Trainer's epoch-begin callback does.
+    from types import SimpleNamespace
+
+    from accelerate import skip_first_batches
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    from pipeline.train import _length_grouped_sampler
+
+    lengths = [3 + (i * 37) % 126 for i in range(400)]
+
+    def batches(epoch, process, skip, state_epoch):
+        sampler, callback = _length_grouped_sampler(lengths, 8, seed=42)
+        loader = prepare_data_loader(DataLoader(list(range(400)), batch_size=8, sampler=sampler), put_on_device=False,
+                                     num_processes=processes, process_index=process)
+        if skip:
+            loader = skip_first_batches(loader, skip)
+        callback.on_epoch_begin(None, SimpleNamespace(epoch=state_epoch), None)
+        loader.set_epoch(epoch)
+        return [b.tolist() for b in loader]
+
+    for process in range(processes):
+        whole = batches(2, process, 0, 2.0)
+        assert batches(2, process, 3, 2.3) == whole[3:]
+        assert whole != batches(0, process, 0, 0.0)
