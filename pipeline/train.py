@@ -126,25 +126,19 @@ def _length_grouped_sampler(lengths: list[int], batch_size: int, seed: int):
     return sampler, SetSamplerEpoch()
 
 
-def _trainer_class(lengths: list[int] | None, seed: int):
-    """transformers.Trainer, or with lengths, one whose training batches group windows of similar length."""
+def _trainer_class(sampler=None):
+    """transformers.Trainer, or one that draws its training batches from `sampler`."""
     from transformers import Trainer
 
-    if lengths is None:
+    if sampler is None:
         return Trainer
 
-    class LengthGroupedTrainer(Trainer):
+    class SampledTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             # Per-process batches: under data parallelism each process takes every n-th batch of this order.
-            sampler, callback = _length_grouped_sampler(
-                lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed)
-            if getattr(self, "_sampler_epoch", None) is not None:  # a new data loader: its sampler replaces the old
-                self.remove_callback(self._sampler_epoch)
-            self._sampler_epoch = callback
-            self.add_callback(callback)
             return sampler
 
-    return LengthGroupedTrainer
+    return SampledTrainer
 
 
 def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
@@ -333,8 +327,11 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
                 checkpoint = runs.last_checkpoint(work / runs.CHECKPOINTS, args.world_size)
         if checkpoint is not None and main:
             log.info("resuming from %s (step %s)", checkpoint, checkpoint.name.rsplit("-", 1)[1])
-        lengths = [len(x) for x in train_ds["input_ids"]] if cfg.train.group_by_length else None
-        trainer = _trainer_class(lengths, cfg.seed)(
+        sampler, set_epoch = (None, None)
+        if cfg.train.group_by_length:
+            sampler, set_epoch = _length_grouped_sampler([len(x) for x in train_ds["input_ids"]],
+                                                         args.train_batch_size * args.gradient_accumulation_steps, cfg.seed)
+        trainer = _trainer_class(sampler)(
             model=model,
             args=args,
             train_dataset=train_ds,
@@ -344,7 +341,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
             compute_metrics=compute_metrics,
             compute_loss_func=_loss_with_class_weights(train_rows, theme_ids, multi) if cfg.train.class_weights else None,
             callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience),
-                       *_callbacks(cfg.train.save_steps)],
+                       *_callbacks(cfg.train.save_steps), *([set_epoch] if set_epoch else [])],
         )
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         model = trainer.model.eval()  # the best epoch's weights (load_best_model_at_end), in every process

@@ -109,16 +109,12 @@ def test_bfloat16_training_runs_and_is_recorded(project):
 def test_length_grouped_batches_pad_less_and_replay_by_seed_and_epoch():
     # train.group_by_length: windows of similar length share a batch. The order is drawn from the seed and
     # the epoch alone, so every process of a data-parallel run, and a resumed run, sees the same one.
-    from types import SimpleNamespace
-
-    from pipeline.train import _trainer_class
+    from pipeline.train import _length_grouped_sampler
 
     lengths = [3 + (i * 37) % 126 for i in range(2000)]
-    trainer = SimpleNamespace(args=SimpleNamespace(train_batch_size=32, gradient_accumulation_steps=1),
-                              add_callback=lambda callback: None, remove_callback=lambda callback: None)
 
     def order(seed, epoch):
-        sampler = _trainer_class(lengths, seed)._get_train_sampler(trainer)
+        sampler, _ = _length_grouped_sampler(lengths, 32, seed)
         sampler.set_epoch(epoch)
         return list(sampler)
 
