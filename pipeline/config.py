@@ -155,6 +155,11 @@ class TrainConfig(Strict):
         False, description="Batch training windows of similar length together (sorted within mega-batches of up to 50 "
         "batches, shuffled per epoch): less padding, so faster training (17% on the default corpus); false: random batches."
     )
+    window_overlap: int = Field(
+        32, ge=0, description="Tokens shared by consecutive training windows of a long paragraph. 0 trains on each token "
+        "once per epoch (fewer windows, faster epochs); validation, evaluate and predict always score windows "
+        "overlapping by 32, so this changes training only."
+    )
     early_stopping_patience: int = Field(3, ge=1, description="Epochs without a better validation macro-F1 before stopping.")
     save_steps: int | None = Field(
         None, ge=1, description="Also checkpoint every N optimiser steps (validation stays per epoch), so an interrupted "

@@ -20,6 +20,9 @@ from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, PipelineError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Tokens shared by consecutive windows of a long text when scoring it (validation, evaluate, predict):
+# each window boundary gets context on both sides.
+SCORING_OVERLAP = 32
 
 
 def _is_cjk(char: str) -> bool:
@@ -166,7 +169,7 @@ def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None):
     return top, labels
 
 
-def encode_windows(tokenizer, texts: list[str], stride: int = 32):
+def encode_windows(tokenizer, texts: list[str], stride: int = SCORING_OVERLAP):
     """(token ids per window, owning text index per window). Text longer than the model's window
     becomes several windows overlapping by `stride` tokens: nothing is cut off.
 
@@ -336,7 +339,7 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64, stride: int = 32):
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64, stride: int = SCORING_OVERLAP):
     """(probs (n, n_labels), windows per text) for a transformers model. Text longer than the window
     is scored over overlapping windows whose probabilities are averaged: nothing is cut off."""
     import numpy as np

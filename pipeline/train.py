@@ -30,7 +30,7 @@ from pipeline.config import Config, config_dict, save_config
 from pipeline.data import NONE, file_sha256, load_split, resolve_schema
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.metrics import choose_thresholds, membership, selection_score
-from pipeline.model import build_classifier, encode_windows, mean_by_owner, resolve_precision, score_texts
+from pipeline.model import SCORING_OVERLAP, build_classifier, encode_windows, mean_by_owner, resolve_precision, score_texts
 
 log = logging.getLogger("pipeline")
 
@@ -291,20 +291,21 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
     set_seed(cfg.seed)
     tokenizer, model = build_classifier(cfg.model, theme_ids, multi, [r["text"] for r in train_rows])
 
-    def encode(rows):
-        # Paragraphs longer than the model's window are trained on as overlapping windows, each with
-        # the paragraph's labels, the windows evaluate and predict score: nothing is cut off.
-        ids, owners = encode_windows(tokenizer, [r["text"] for r in rows])
+    def encode(rows, overlap: int):
+        # Paragraphs longer than the model's window are trained on as windows, each with the
+        # paragraph's labels: nothing is cut off. Validation keeps the overlap evaluate and predict use.
+        ids, owners = encode_windows(tokenizer, [r["text"] for r in rows], stride=overlap)
         targets = _targets(rows, theme_ids, multi, cfg.train.secondary_weight)
         return Dataset.from_dict({"input_ids": ids, "labels": [targets[o] for o in owners]}), np.asarray(owners)
 
-    (train_ds, train_owners), (val_ds, val_owners) = encode(train_rows), encode(val_rows)
+    (train_ds, train_owners) = encode(train_rows, cfg.train.window_overlap)
+    (val_ds, val_owners) = encode(val_rows, SCORING_OVERLAP)
     windows = {"train_windows": len(train_owners), "validation_windows": len(val_owners),
                "train_paragraphs_over_one_window": int((np.bincount(train_owners) > 1).sum())}
     if main:
-        log.info("training on %d windows of %d paragraphs (%d longer than one %d-token window, split with overlap)",
+        log.info("training on %d windows of %d paragraphs (%d longer than one %d-token window, split with %d tokens of overlap)",
                  len(train_owners), len(train_rows), windows["train_paragraphs_over_one_window"],
-                 tokenizer.model_max_length)
+                 tokenizer.model_max_length, cfg.train.window_overlap)
 
     def compute_metrics(pred):
         # The Trainer gathers every process's predictions, in dataset order, without the padding copies:

@@ -96,6 +96,26 @@ def test_test_predictions_carry_gold_and_scores(tiny_run):
     assert all(l["scores"][l["label"]] == max(l["scores"].values()) for l in lines)
 
 
+def test_window_overlap_changes_training_windows_only(project):
+    # train.window_overlap 0: each token of a long paragraph is trained on once per epoch; validation
+    # keeps the overlap evaluate and predict score with, so thresholds are tuned on what inference sees.
+    from pipeline.data import load_split
+    from pipeline.model import SCORING_OVERLAP, encode_windows, load_run
+
+    result = invoke("run", "configs/tiny.yaml", "--set", "train.window_overlap=0", "--set", "run_name=no-overlap")
+    assert result.exit_code == 0, result.output
+    assert "split with 0 tokens of overlap" in result.output
+    run = Path("models/no-overlap")
+    t = json.loads((run / "train_metrics.json").read_text())
+    train_rows, val_rows = (load_split(Path("data/prepared-tiny"), s) for s in ("train", "validation"))
+    tokenizer, _ = load_run(run)
+    train_texts = [r["text"] for r in train_rows]
+    assert t["train_windows"] == len(encode_windows(tokenizer, train_texts, stride=0)[0])
+    assert t["train_windows"] < len(encode_windows(tokenizer, train_texts, stride=SCORING_OVERLAP)[0])
+    assert t["validation_windows"] == len(encode_windows(tokenizer, [r["text"] for r in val_rows])[0])
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["window_overlap"] == 0
+
+
 def test_bfloat16_training_runs_and_is_recorded(project):
     # What train.precision auto picks on AMX CPUs and recent GPUs (emulated, slower, elsewhere).
     result = invoke("run", "configs/tiny.yaml", "--set", "train.precision=bfloat16", "--set", "run_name=bf16")
