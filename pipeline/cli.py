@@ -122,8 +122,14 @@ def train(config: Path = ConfigArg, set_: Optional[list[str]] = SetOpt,
 
 
 def _resolve_base(cfg) -> None:
-    """With a pretrain section and no explicit model, fine-tune from that section's base (built if missing)."""
-    if cfg.pretrain is not None and cfg.model.name_or_path is None:
+    """With a pretrain section and no explicit model, fine-tune from that section's base (built if missing);
+    a packaged base (package:multilingual-e5-small) is converted into a model folder once, then reused."""
+    from pipeline import convert
+
+    if convert.is_packaged(cfg.model.name_or_path):
+        output_dir = cfg.pretrain.output_dir if cfg.pretrain is not None else "models/pretrained"
+        cfg.model.name_or_path = str(convert.convert(cfg.model.name_or_path, output_dir))
+    elif cfg.pretrain is not None and cfg.model.name_or_path is None:
         from pipeline.pretrain import pretrain as run_pretrain
 
         cfg.model.name_or_path = str(run_pretrain(cfg.pretrain, seed=cfg.seed))

