@@ -134,6 +134,13 @@ class PretrainConfig(Strict):
     save_steps: int = Field(500, ge=1, description="Checkpoint interval, for resuming.")
 
     @model_validator(mode="after")
+    def _init_from_has_an_mlm_head(self) -> "PretrainConfig":
+        if self.init_from and self.init_from.startswith("package:"):
+            raise ValueError(f"init_from {self.init_from!r}: a packaged base ships without its masked-LM head, so it "
+                             "cannot be pretrained further; fine-tune it with model.name_or_path instead")
+        return self
+
+    @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "PretrainConfig":
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")

@@ -75,6 +75,9 @@ def test_unknown_packaged_base_is_a_config_error(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "unknown packaged base 'package:bert-base-chinese'; expected one of package:multilingual-e5-small" in result.output
     assert "Traceback" not in result.output
+    result = invoke("pretrain", "configs/default.yaml", "--set", "pretrain.init_from=package:multilingual-e5-small")
+    assert result.exit_code == 2
+    assert "a packaged base ships without its masked-LM head" in result.output and "model.name_or_path" in result.output
 
 
 @pytest.mark.slow
