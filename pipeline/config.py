@@ -135,7 +135,9 @@ class PretrainConfig(Strict):
 
     @model_validator(mode="after")
     def _init_from_has_an_mlm_head(self) -> "PretrainConfig":
-        if self.init_from and self.init_from.startswith("package:"):
+        from pipeline.convert import is_packaged
+
+        if is_packaged(self.init_from):
             raise ValueError(f"init_from {self.init_from!r}: a packaged base ships without its masked-LM head, so it "
                              "cannot be pretrained further; fine-tune it with model.name_or_path instead")
         return self

@@ -133,7 +133,7 @@ def read_packed(buf: bytes) -> dict:
     scores = np.frombuffer(r.bytes(4 * n_pieces), dtype="<f4")
     blob = r.bytes(blob_len)
     pieces = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_pieces)]
-    n_norm, norm_bytes = r.take("iI")
+    _n_norm, norm_bytes = r.take("iI")
     r.bytes(norm_bytes)  # per-code-point normalisation: NFKC plus the control/space rules in _tokenizer
     tensors = {}
     for _ in range(r.take("i")):
