@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from pipeline import runs
+from pipeline import blend, runs
 from pipeline.config import load_config
 from pipeline.data import NONE, file_sha256, load_split
 from pipeline.errors import InputError, RunDirError
@@ -163,9 +163,20 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         if not rows:
             raise RunDirError(f"{data_dir}/{split}.jsonl has no labelled rows to score ({left_out} without a label)")
     start = time.time()
-    probs, windows = score_texts(model, tokenizer, [r["text"] for r in rows])
+    texts = [r["text"] for r in rows]
+    probs, windows = score_texts(model, tokenizer, texts)
+    ngrams = blend.load(run_dir)
+    if ngrams is not None:  # train.char_ngram_blend: the run's answer is the blend; the transformer alone is reported too
+        transformer_probs, probs = probs, ngrams.blend(probs, texts)
     seconds = time.time() - start
     metrics = theme_metrics(rows, probs, theme_ids, thresholds)
+    if ngrams is not None:
+        alone = theme_metrics(rows, transformer_probs, theme_ids, ngrams.transformer_thresholds)
+        metrics["blend"] = {
+            "transformer_share": ngrams.weight,
+            "transformer_alone": {"primary": {k: alone["primary"][k] for k in ("accuracy", "macro_f1")},
+                                  "none_f1": alone["none"]["f1"] if "none" in alone else None},
+        }
     metrics["split"] = split
     metrics["mode"] = "multi_label" if multi else "single_label"
     metrics["left_out_without_label"] = left_out

@@ -4,7 +4,7 @@ Reads RUN_DIR (model.safetensors, config.json, tokenizer files, config.yaml). Wr
 (default RUN_DIR/export-<format>[-int8]/), which `pipeline predict --model OUTPUT` runs:
   model.onnx (format onnx; int8 by onnxruntime dynamic quantisation) or model.safetensors
   (format torch; int8 by torch dynamic quantisation when it is loaded), config.json (labels,
-  thresholds), tokenizer files, config.yaml, and export.json (format, quantize, source run, and
+  thresholds), tokenizer files, config.yaml, a blended run's char_ngrams files, and export.json (format, quantize, source run, and
   with --check the parity figures: share of identical top themes, largest score difference).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import runs
+from pipeline import blend, runs
 from pipeline.data import Dropped
 from pipeline.errors import PipelineError
 from pipeline.model import EXPORT_INFO, ONNX_FILE, encode_windows, last_layer_cls_only, load_run, load_scorer, score_windows
@@ -99,6 +99,9 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
         shutil.copy(run_dir / runs.RESOLVED_CONFIG, tmp / runs.RESOLVED_CONFIG)
+        for name in (blend.INFO_FILE, blend.WEIGHTS_FILE):  # a blended run's n-gram half travels as it is
+            if (run_dir / name).is_file():
+                shutil.copy(run_dir / name, tmp / name)
         if fmt == "onnx":
             float_path = _fresh_float_export(run_dir) if quantize else None
             if float_path is None:

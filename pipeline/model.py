@@ -408,6 +408,11 @@ class Scorer(NamedTuple):
     config: object
     forward: Callable  # (input_ids, attention_mask) int64 arrays -> logits array
     engine: str  # "torch" or "onnx", with "-int8" when quantised
+    ngrams: object = None  # blend.CharNgrams when the run blends in a character n-gram model
+
+    def blend(self, probs, texts: list[str]):
+        """The run's answer: the transformer's probabilities, blended as trained (train.char_ngram_blend)."""
+        return probs if self.ngrams is None else self.ngrams.blend(probs, texts)
 
 
 def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | None = None, dtype: str | None = None) -> Scorer:
@@ -418,6 +423,8 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
 
     import torch
 
+    from pipeline import blend
+
     info = {"format": "torch", "quantize": quantize}
     if (model_dir / EXPORT_INFO).is_file():
         info = json.loads((model_dir / EXPORT_INFO).read_text(encoding="utf-8"))
@@ -426,7 +433,7 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
         from transformers import AutoConfig, AutoTokenizer
 
         return Scorer(AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir),
-                      onnx_forward(model_dir / ONNX_FILE, threads), engine)
+                      onnx_forward(model_dir / ONNX_FILE, threads), engine, blend.load(model_dir))
     if threads:
         torch.set_num_threads(threads)
     tokenizer, model = load_run(model_dir)
@@ -443,4 +450,5 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
 
         # One process per GPU under torchrun/accelerate: each takes the GPU of its local rank.
         model = model.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
-    return Scorer(tokenizer, model.config, torch_forward(model), engine + ("-cuda" if model.device.type == "cuda" else ""))
+    return Scorer(tokenizer, model.config, torch_forward(model), engine + ("-cuda" if model.device.type == "cuda" else ""),
+                  blend.load(model_dir))

@@ -333,6 +333,7 @@ def predict(
             chunk, ids, owners = item
             probs, windows = score_windows(scorer.forward, ids, owners, len(chunk), len(theme_ids), multi, pad_id, batch_size,
                                            batches)
+            probs = scorer.blend(probs, [p.text for p in chunk])
             top, labels = decide(probs, theme_ids, thresholds)
             for para, t, ls, p, w in zip(chunk, top, labels, probs.tolist(), windows):
                 writer.write({

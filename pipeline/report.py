@@ -452,7 +452,7 @@ def render_markdown(view: dict) -> str:
     if ci_info:
         note += (f" Intervals: {ci_info['resamples']} bootstrap resamples (seed {ci_info['seed']}); the difference to "
                  f"the baseline is paired (same resamples).")
-    lines += ["", note, ""]
+    lines += ["", note, ""] + ([_blend_note(m), ""] if "blend" in m else [])
     lines += [f"## Per {noun} (primary)", "", f"| {noun} | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for theme, s in primary["per_class"].items():
         lines.append(f"| {theme} | {_f(s['precision'])} | {_f(s['recall'])} | {_f(s['f1'])} | {s['support']} |")
@@ -561,6 +561,8 @@ def render_html(view: dict) -> str:
         extra.append(["label-set macro-F1", _f(m["labels"]["macro_f1"]), "–", "–"])
         extra.append(["label-set micro-F1", _f(m["labels"]["micro_f1"]), "–", "–"])
     parts.append(f'<p class="note">{_e(note)}</p>')
+    if "blend" in m:
+        parts.append(f'<p class="note">{_e(_blend_note(m))}</p>')
     if extra:
         parts.append('<div class="panel">' + _table(["other figures", "BERT", "TF-IDF char LR", "majority"], extra) + "</div>")
 
@@ -675,7 +677,8 @@ def render_model_card(view: dict) -> str:
              f"A BERT sequence classifier for Chinese text, fine-tuned from {run['model']} on the labelled data below. "
              + ("Multi-label: one sigmoid score per label and a tuned threshold per label, so a text may get several "
                 "labels or none; the top-scoring label is its primary label."
-                if multi else "Single-label: a softmax over the labels; the top label is the answer."), "",
+                if multi else "Single-label: a softmax over the labels; the top label is the answer.")
+             + (" " + _blend_note(m) if "blend" in m else ""), "",
              "## Intended use", "",
              "- Assigning the labels below to Chinese text of the kind it was trained on (see Training data), to "
              "search, count and read texts by label; a person checks what matters.",
@@ -770,6 +773,19 @@ def write_reports(run_dir: str | Path) -> dict[str, Path]:
 def _none_f1(m: dict) -> str:
     """none F1, or why there is none: a split without unlabelled paragraphs cannot score it."""
     return _f(m["none"]["f1"]) if m["none"]["support"] else "n/a (no paragraph without a label in this split)"
+
+
+def _blend_note(m: dict) -> str:
+    """For a run trained with train.char_ngram_blend: what the model is, and the transformer's figures alone."""
+    b = m.get("blend")
+    if not b:
+        return ""
+    alone = b["transformer_alone"]
+    none = f", none F1 {_f(alone['none_f1'])}" if alone.get("none_f1") is not None else ""
+    return (f"The model is a blend (train.char_ngram_blend): {b['transformer_share']:.1f} × the fine-tuned transformer + "
+            f"{1 - b['transformer_share']:.1f} × a TF-IDF character n-gram logistic regression, the share chosen on "
+            f"validation. The transformer alone on this split: primary macro-F1 {_f(alone['primary']['macro_f1'])}, "
+            f"accuracy {_f(alone['primary']['accuracy'])}{none}.")
 
 
 def _left_out(m: dict) -> str:

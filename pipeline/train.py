@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import runs
+from pipeline import blend, runs
 from pipeline.config import Config, config_dict, save_config
 from pipeline.data import NONE, file_sha256, load_split, resolve_schema
 from pipeline.errors import ConfigError, InputError, PipelineError
@@ -347,12 +347,21 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         model = trainer.model.eval()  # the best epoch's weights (load_best_model_at_end), in every process
         staged = work / runs.STAGED
-        if main and multi:
-            val_probs, _ = score_texts(model, tokenizer, [r["text"] for r in val_rows])
-            model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
+        ngrams, blend_info = None, None
+        if main and (multi or cfg.train.char_ngram_blend):
+            val_texts = [r["text"] for r in val_rows]
+            val_probs, _ = score_texts(model, tokenizer, val_texts)
+            if cfg.train.char_ngram_blend:
+                ngrams, blend_info = _fit_blend(train_rows, val_rows, val_probs, theme_ids, multi)
+                val_probs = ngrams.blend(val_probs, val_texts)
+            if multi:
+                model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
         trainer.save_model(str(staged))  # every process calls it (sharded models gather); the main one writes
         if main:
-            _write_run_files(staged, cfg, data_dir, trainer, result, train_rows, val_rows, windows, checkpoint, start)
+            if ngrams is not None:
+                blend.save(ngrams, staged)
+            _write_run_files(staged, cfg, data_dir, trainer, result, train_rows, val_rows, windows, checkpoint, start,
+                             blend_info)
             runs.check_replaceable(final, runs.RESOLVED_CONFIG)
             runs.publish_dir(staged, final)
             runs.point_latest(models_dir, final)
@@ -366,8 +375,21 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
     return final
 
 
+def _fit_blend(train_rows, val_rows, val_probs, theme_ids: list[str], multi: bool):
+    """The character n-gram model fitted on the training rows, with the transformer's share of the blend
+    chosen on validation; and what train_metrics.json records of it."""
+    log.info("fitting the character n-gram model for the blend (train.char_ngram_blend)")
+    ngrams = blend.fit(train_rows, theme_ids, multi)
+    share, by_share = blend.choose_weight(ngrams, val_rows, val_probs)
+    transformer_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids) if multi else None
+    log.info("blend: transformer share %.1f (validation score %.3f; transformer alone %.3f, n-grams alone %.3f)",
+             share, by_share[share], by_share[1.0], by_share[0.0])
+    ngrams = ngrams._replace(weight=share, transformer_thresholds=transformer_thresholds)
+    return ngrams, {"transformer_share": share, "validation_score_by_share": by_share}
+
+
 def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,
-                     windows: dict, checkpoint: Path | None, start: float) -> None:
+                     windows: dict, checkpoint: Path | None, start: float, blend_info: dict | None = None) -> None:
     (run_dir / runs.PICKLED_ARGS).unlink(missing_ok=True)  # a pickle: nothing in a run dir is unpickled
     for path in run_dir.iterdir():  # the Trainer's weights file is private (0600): a run is shared like any output
         if path.is_file():
@@ -391,6 +413,7 @@ def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result
         "best_validation_macro_f1": trainer.state.best_metric,
         "validation_history": [{"epoch": e["epoch"], "macro_f1": e["eval_macro_f1"]} for e in history],
         "thresholds": getattr(trainer.model.config, "theme_thresholds", None),
+        "char_ngram_blend": blend_info,
         **windows,
     })
 
