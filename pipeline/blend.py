@@ -6,11 +6,18 @@ with the share chosen on validation, beat either alone on both of this project's
 (docs/MEASUREMENTS.md). `train.char_ngram_blend: true` turns it on; the report shows the transformer
 alone beside the blend, so the gain is measured in every run.
 
+The n-gram model is one multinomial logistic regression over the primary label: over the labels for
+a single-label run, over the labels and `none` for a multi-label run. For a multi-label run the blend
+also decides "no label" as the n-gram model does, as one of the classes: a paragraph gets no label when
+its none score, share × (1 − the transformer's top probability) + (1 − share) × the n-gram model's
+P(none), reaches a threshold tuned on validation; otherwise it gets the labels at or above their
+thresholds, at least its top one. (Thresholds alone decided `none` less well: docs/MEASUREMENTS.md.)
+
 Writes, beside the transformer in the run directory: char_ngrams.safetensors (idf (n_features,),
-coef (n_labels, n_features), intercept (n_labels,), float32) and char_ngrams.json (the n-grams in
-feature order, the label order, multi-label or not, the transformer's share of the blend and, for
-multi-label runs, the thresholds the transformer alone would use, so reports can show it alone). Nothing is pickled:
-the vectoriser is rebuilt from its vocabulary and idf, the linear model is one matrix product.
+coef (n_classes, n_features), intercept (n_classes,), float32) and char_ngrams.json (the n-grams in
+feature order, the classes, the transformer's share, the none threshold and, for multi-label runs, the
+thresholds the transformer alone would use, so reports can show it alone). Nothing is pickled: the
+vectoriser is rebuilt from its vocabulary and idf, the linear model is one matrix product.
 """
 
 from __future__ import annotations
@@ -23,107 +30,118 @@ import numpy as np
 
 WEIGHTS_FILE = "char_ngrams.safetensors"
 INFO_FILE = "char_ngrams.json"
+NONE = "none"
 SHARES = np.round(np.arange(0.0, 1.01, 0.1), 1)  # the transformer's share of the blend, tried on validation
-NGRAM_RANGE = (1, 3)
+NONE_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+# Character 1-2-grams and C=30: the best of 1-2/1-3-grams × C 10/30 in 5-fold cross-validation on the training
+# split of both corpora (macro-F1 0.746 and 0.848 against the report baseline's 1-3-grams, C=10: 0.737, 0.842;
+# docs/MEASUREMENTS.md). The test splits played no part in the choice.
+NGRAM_RANGE = (1, 2)
+C = 30.0
 
 
 class CharNgrams(NamedTuple):
-    """A fitted TF-IDF vectoriser and linear scores per label; `weight` is the transformer's share."""
+    """A fitted TF-IDF vectoriser and a multinomial logistic regression over `classes`: the labels, then
+    `none` for a multi-label run. `weight` is the transformer's share of the blend."""
 
     vectorizer: object
-    coef: np.ndarray  # (n_labels, n_features)
-    intercept: np.ndarray  # (n_labels,)
-    label_ids: list[str]
+    coef: np.ndarray  # (n_classes, n_features)
+    intercept: np.ndarray  # (n_classes,)
+    classes: list[str]
     multi_label: bool
-    weight: float
+    weight: float = 1.0
+    none_threshold: float | None = None  # multi-label: the blend's none score at which a paragraph gets no label
     transformer_thresholds: dict[str, float] | None = None  # multi-label: the transformer's own, for its figures alone
 
-    def probs(self, texts: list[str]) -> np.ndarray:
-        """(n, n_labels): per-label sigmoids (one-vs-rest) for multi-label, a softmax otherwise."""
-        if not texts:
-            return np.zeros((0, len(self.label_ids)), dtype=np.float32)
-        scores = np.asarray(self.vectorizer.transform(texts) @ self.coef.T) + self.intercept
-        if self.multi_label:
-            from scipy.special import expit
+    @property
+    def label_ids(self) -> list[str]:
+        return self.classes[:-1] if self.multi_label else self.classes
 
-            return expit(scores).astype(np.float32)
+    def probs(self, texts: list[str]) -> np.ndarray:
+        """(n, n_classes) softmax probabilities."""
+        if not texts:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        scores = np.asarray(self.vectorizer.transform(texts) @ self.coef.T) + self.intercept
         scores -= scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def blend(self, transformer_probs: np.ndarray, texts: list[str]) -> np.ndarray:
-        return self.weight * transformer_probs + (1.0 - self.weight) * self.probs(texts)
+    def blend(self, transformer_probs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(blended label probabilities (n, n_labels), none gate (n,) bool for multi-label runs, else None)."""
+        ngram = self.probs(texts)
+        share = self.weight
+        probs = share * transformer_probs + (1.0 - share) * ngram[:, :len(self.label_ids)]
+        if not self.multi_label:
+            return probs, None
+        top = transformer_probs.max(axis=1) if len(transformer_probs) else np.zeros(0)
+        none_score = share * (1.0 - top) + (1.0 - share) * ngram[:, -1]
+        return probs, none_score >= self.none_threshold
 
 
-def _vectorizer(**kwargs):
+def _vectorizer(ngram_range=NGRAM_RANGE, **kwargs):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    # The same features as the TF-IDF baseline in every report (metrics.tfidf_char_vectorizer).
-    return TfidfVectorizer(analyzer="char", ngram_range=NGRAM_RANGE, sublinear_tf=True, dtype=np.float32, **kwargs)
+    return TfidfVectorizer(analyzer="char", ngram_range=tuple(ngram_range), sublinear_tf=True, dtype=np.float32, **kwargs)
 
 
 def fit(rows: list[dict], label_ids: list[str], multi_label: bool) -> CharNgrams:
-    """Fit on the training rows: one logistic regression per label over primary ∪ secondary
-    (multi-label), or one multinomial regression over the primary (single-label)."""
+    """Fit on the training rows' primary labels (and `none`, for a multi-label run)."""
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.metrics import membership
-
+    classes = [*label_ids, NONE] if multi_label else list(label_ids)
     vectorizer = _vectorizer()
     x = vectorizer.fit_transform([r["text"] for r in rows])
-
-    def regression():
-        # As the baseline: C=10 and balanced classes; newton-cg reaches the unique optimum quickly.
-        return LogisticRegression(C=10.0, class_weight="balanced", max_iter=2000, solver="newton-cg")
-
-    coef = np.zeros((len(label_ids), x.shape[1]), np.float32)
-    intercept = np.full(len(label_ids), -1e4, np.float32)  # a label training never shows scores 0
-    if multi_label:
-        gold = membership(rows, label_ids)
-        for j in range(len(label_ids)):
-            if gold[:, j].all():
-                intercept[j] = 1e4
-            elif gold[:, j].any():
-                lr = regression().fit(x, gold[:, j])
-                coef[j], intercept[j] = lr.coef_[0], lr.intercept_[0]
+    primary = [r["primary"] for r in rows]
+    coef = np.zeros((len(classes), x.shape[1]), np.float32)
+    intercept = np.full(len(classes), -1e4, np.float32)  # a class training never shows scores 0
+    if len(set(primary)) == 1:
+        intercept[classes.index(primary[0])] = 0.0
     else:
-        primary = [r["primary"] for r in rows]
-        if len(set(primary)) == 1:
-            intercept[label_ids.index(primary[0])] = 0.0
-        else:
-            lr = regression().fit(x, primary)
-            weights, biases = lr.coef_, lr.intercept_
-            if len(lr.classes_) == 2:  # sklearn keeps one row, the second class's log-odds: as a softmax, ± half of it
-                weights, biases = np.vstack([-weights / 2, weights / 2]), np.array([-biases[0] / 2, biases[0] / 2])
-            for label, w, b in zip(lr.classes_, weights, biases):
-                coef[label_ids.index(label)], intercept[label_ids.index(label)] = w, b
-    return CharNgrams(vectorizer, coef, intercept, list(label_ids), multi_label, 1.0, None)
+        # Balanced classes, as the report's baseline; newton-cg reaches the unique optimum quickly.
+        lr = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, solver="newton-cg").fit(x, primary)
+        weights, biases = lr.coef_, lr.intercept_
+        if len(lr.classes_) == 2:  # sklearn keeps one row, the second class's log-odds: as a softmax, ± half of it
+            weights, biases = np.vstack([-weights / 2, weights / 2]), np.array([-biases[0] / 2, biases[0] / 2])
+        for label, w, b in zip(lr.classes_, weights, biases):
+            coef[classes.index(label)], intercept[classes.index(label)] = w, b
+    return CharNgrams(vectorizer, coef, intercept, classes, multi_label)
 
 
-def choose_weight(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) -> tuple[float, dict[str, float]]:
-    """The transformer's share (0 to 1 in steps of 0.1) with the best validation score, and the score of
-    each share. Multi-label: macro-F1 of the primary with `none` as a class, after choosing thresholds
-    for that share, as the run will use them; single-label: macro-F1 of the top label."""
-    from pipeline.metrics import choose_thresholds, membership, predicted_primary, selection_score
+def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) -> tuple[CharNgrams, dict[str, float]]:
+    """The model with the transformer's share (0 to 1 in steps of 0.1) that scores best on the validation
+    rows, and the score of each share. Multi-label: macro-F1 of the answer (the labels and `none` as
+    classes) after choosing the label thresholds and then the none threshold for that share, as the
+    run will use them; single-label: macro-F1 of the top label."""
+    from sklearn.metrics import f1_score
+
+    from pipeline.metrics import choose_thresholds, membership, selection_score
     from pipeline.model import decide
 
-    linear = ngrams.probs([r["text"] for r in rows])
+    texts = [r["text"] for r in rows]
     gold = [r["primary"] for r in rows]
-    scores = {}
-    for share in SHARES:
-        probs = share * transformer_probs + (1 - share) * linear
-        if ngrams.multi_label:
-            from sklearn.metrics import f1_score
+    label_ids = ngrams.label_ids
 
-            thresholds = choose_thresholds(probs, membership(rows, ngrams.label_ids), ngrams.label_ids)
-            top, labels = decide(probs, ngrams.label_ids, thresholds)
-            pred = predicted_primary(top, labels, True)
-            scores[float(share)] = float(f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0))
+    def answer_f1(candidate: CharNgrams, thresholds) -> float:
+        probs, gate = candidate.blend(transformer_probs, texts)
+        top, labels = decide(probs, label_ids, thresholds, gate)
+        pred = [t if ls else NONE for t, ls in zip(top, labels)]
+        return float(f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0))
+
+    candidates, scores = {}, {}
+    for share in map(float, SHARES):
+        candidate = ngrams._replace(weight=share)
+        if ngrams.multi_label:
+            probs, _ = candidate._replace(none_threshold=1.0).blend(transformer_probs, texts)
+            thresholds = choose_thresholds(probs, membership(rows, label_ids), label_ids)
+            by_cut = {float(t): answer_f1(candidate._replace(none_threshold=float(t)), thresholds) for t in NONE_THRESHOLDS}
+            cut = max(by_cut, key=lambda t: (round(by_cut[t], 6), t))  # ties: the higher cut, fewer "no label"
+            candidate, scores[share] = candidate._replace(none_threshold=cut), by_cut[cut]
         else:
-            scores[float(share)] = selection_score(rows, probs, ngrams.label_ids, False)
+            scores[share] = selection_score(rows, candidate.blend(transformer_probs, texts)[0], label_ids, False)
+        candidates[share] = candidate
     # Ties go to the larger transformer share: the model the run is named for, and the smaller change.
     best = max(scores, key=lambda s: (round(scores[s], 6), s))
-    return best, scores
+    return candidates[best], scores
 
 
 def save(ngrams: CharNgrams, run_dir: Path) -> None:
@@ -136,8 +154,9 @@ def save(ngrams: CharNgrams, run_dir: Path) -> None:
     save_file({"idf": ngrams.vectorizer.idf_.astype(np.float32), "coef": ngrams.coef, "intercept": ngrams.intercept},
               str(run_dir / WEIGHTS_FILE))
     (run_dir / INFO_FILE).write_text(json.dumps({
-        "weight": ngrams.weight, "labels": ngrams.label_ids, "multi_label": ngrams.multi_label,
-        "transformer_thresholds": ngrams.transformer_thresholds, "ngram_range": list(NGRAM_RANGE), "features": features,
+        "weight": ngrams.weight, "none_threshold": ngrams.none_threshold, "classes": ngrams.classes,
+        "multi_label": ngrams.multi_label, "transformer_thresholds": ngrams.transformer_thresholds,
+        "ngram_range": list(NGRAM_RANGE), "features": features,
     }, ensure_ascii=False), encoding="utf-8")
 
 
@@ -149,7 +168,7 @@ def load(model_dir: Path) -> CharNgrams | None:
 
     info = json.loads((model_dir / INFO_FILE).read_text(encoding="utf-8"))
     arrays = load_file(str(model_dir / WEIGHTS_FILE))
-    vectorizer = _vectorizer(vocabulary={gram: i for i, gram in enumerate(info["features"])})
+    vectorizer = _vectorizer(info["ngram_range"], vocabulary={gram: i for i, gram in enumerate(info["features"])})
     vectorizer.idf_ = arrays["idf"]
-    return CharNgrams(vectorizer, arrays["coef"], arrays["intercept"], info["labels"], info["multi_label"], info["weight"],
-                      info.get("transformer_thresholds"))
+    return CharNgrams(vectorizer, arrays["coef"], arrays["intercept"], info["classes"], info["multi_label"],
+                      info["weight"], info["none_threshold"], info["transformer_thresholds"])

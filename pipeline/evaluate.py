@@ -165,11 +165,11 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     start = time.time()
     texts = [r["text"] for r in rows]
     probs, windows = score_texts(model, tokenizer, texts)
-    ngrams = blend.load(run_dir)
+    ngrams, none_gate = blend.load(run_dir), None
     if ngrams is not None:  # train.char_ngram_blend: the run's answer is the blend; the transformer alone is reported too
-        transformer_probs, probs = probs, ngrams.blend(probs, texts)
+        transformer_probs, (probs, none_gate) = probs, ngrams.blend(probs, texts)
     seconds = time.time() - start
-    metrics = theme_metrics(rows, probs, theme_ids, thresholds)
+    metrics = theme_metrics(rows, probs, theme_ids, thresholds, none_gate)
     if ngrams is not None:
         alone = theme_metrics(rows, transformer_probs, theme_ids, ngrams.transformer_thresholds)
         metrics["blend"] = {
@@ -196,7 +196,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         "host": platform.node(),
         "versions": _versions(),
     }
-    top, labels = decide(probs, theme_ids, thresholds)
+    top, labels = decide(probs, theme_ids, thresholds, none_gate)
     metrics_file, predictions_file = output_files(split)[:2]
     with runs.atomic_file(run_dir / predictions_file) as f:
         for row, t, ls, p, w in zip(rows, top, labels, probs, windows):

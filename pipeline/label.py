@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import runs
+from pipeline import blend, runs
 from pipeline.config import Config
 from pipeline.data import NONE, Dropped, iter_jsonl, read_labels, read_paragraphs, read_table, read_text
 from pipeline.errors import InputError
@@ -66,7 +66,11 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
     tokenizer, model = load_run(run_dir)
     theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
     thresholds = getattr(model.config, "theme_thresholds", None) or {t: 0.5 for t in theme_ids}
-    probs, _ = score_texts(model, tokenizer, [p.text for p in pool])
+    texts = [p.text for p in pool]
+    probs, _ = score_texts(model, tokenizer, texts)
+    ngrams, none_gate = blend.load(run_dir), None
+    if ngrams is not None:  # a blended run: rank by the scores it answers with
+        probs, none_gate = ngrams.blend(probs, texts)
     cut = np.array([thresholds[t] for t in theme_ids])
     uncertainty = -np.abs(probs - cut).min(axis=1)  # nearest any threshold = least sure
     order = np.argsort(-uncertainty)[: n * 5]
@@ -78,7 +82,7 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
         if chosen and cosine_similarity(vectors[rank], vectors[chosen]).max() > 0.5:
             continue
         chosen.append(rank)
-    _, labels = decide(probs, theme_ids, thresholds)
+    _, labels = decide(probs, theme_ids, thresholds, none_gate)
     out = []
     for rank in chosen:
         i = int(order[rank])

@@ -78,7 +78,8 @@ def classification_metrics(gold_primary: list[str], pred_primary: list[str], cla
     }
 
 
-def theme_metrics(rows: list[dict], probs: np.ndarray, theme_ids: list[str], thresholds: dict[str, float] | None) -> dict:
+def theme_metrics(rows: list[dict], probs: np.ndarray, theme_ids: list[str], thresholds: dict[str, float] | None,
+                  none_gate: np.ndarray | None = None) -> dict:
     """Everything evaluate reports for one split.
 
     primary:   top theme vs gold primary, among paragraphs that have one (the headline).
@@ -87,7 +88,7 @@ def theme_metrics(rows: list[dict], probs: np.ndarray, theme_ids: list[str], thr
     labels:    multi-label set metrics over primary ∪ secondary.
     """
     multi = thresholds is not None
-    top, labels = decide(probs, theme_ids, thresholds)
+    top, labels = decide(probs, theme_ids, thresholds, none_gate)
     gold = [r["primary"] for r in rows]
     themed = [i for i, g in enumerate(gold) if g != NONE]
     out = {"n": len(rows), "n_with_theme": len(themed)}

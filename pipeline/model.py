@@ -151,11 +151,13 @@ def load_run(run_dir: Path):
     return tokenizer, model
 
 
-def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None):
+def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None, none_gate=None):
     """(top theme per row, themes at or above their threshold per row, strongest first); without
     thresholds (single-label) labels = [top]. The top theme is the argmax even when a weaker theme
     clears a lower threshold and it does not: as a primary it is right more often (checked on the
-    default test split). Here, not in metrics, so that inference does not load scikit-learn."""
+    default test split). With `none_gate` (a blended multi-label run, blend.py), a row gets no theme
+    exactly where the gate is set, and otherwise at least its top one. Here, not in metrics, so that
+    inference does not load scikit-learn."""
     import numpy as np
 
     top = [theme_ids[i] for i in probs.argmax(axis=1)]
@@ -163,9 +165,12 @@ def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None):
         return top, [[t] for t in top]
     cut = np.array([thresholds[t] for t in theme_ids])
     labels = []
-    for row in probs:
+    for i, row in enumerate(probs):
         above = np.flatnonzero(row >= cut)
-        labels.append([theme_ids[j] for j in above[np.argsort(-row[above], kind="stable")]])
+        themes = [theme_ids[j] for j in above[np.argsort(-row[above], kind="stable")]]
+        if none_gate is not None:
+            themes = [] if none_gate[i] else themes or [top[i]]
+        labels.append(themes)
     return top, labels
 
 
@@ -411,8 +416,8 @@ class Scorer(NamedTuple):
     ngrams: object = None  # blend.CharNgrams when the run blends in a character n-gram model
 
     def blend(self, probs, texts: list[str]):
-        """The run's answer: the transformer's probabilities, blended as trained (train.char_ngram_blend)."""
-        return probs if self.ngrams is None else self.ngrams.blend(probs, texts)
+        """(probabilities, none gate or None): the transformer's, blended as trained (train.char_ngram_blend)."""
+        return (probs, None) if self.ngrams is None else self.ngrams.blend(probs, texts)
 
 
 def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | None = None, dtype: str | None = None) -> Scorer:

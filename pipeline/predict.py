@@ -333,8 +333,8 @@ def predict(
             chunk, ids, owners = item
             probs, windows = score_windows(scorer.forward, ids, owners, len(chunk), len(theme_ids), multi, pad_id, batch_size,
                                            batches)
-            probs = scorer.blend(probs, [p.text for p in chunk])
-            top, labels = decide(probs, theme_ids, thresholds)
+            probs, none_gate = scorer.blend(probs, [p.text for p in chunk])
+            top, labels = decide(probs, theme_ids, thresholds, none_gate)
             for para, t, ls, p, w in zip(chunk, top, labels, probs.tolist(), windows):
                 writer.write({
                     **para.as_dict(), "label": t, "labels": ls,

@@ -721,7 +721,10 @@ def render_model_card(view: dict) -> str:
               (f" (expected calibration error of the top {view['noun']} {m['calibration']['ece']:.3f})" if "calibration" in m else "") +
               "; decide with the tuned thresholds, not with 0.5.",
               "- Text longer than the model's window is scored over overlapping windows and averaged by `pipeline predict`; "
-              "the plain transformers snippet below truncates instead.", "",
+              "the plain transformers snippet below truncates instead.",
+              *(["- This run is a blend: the transformers snippet below gives the transformer's scores alone, and the "
+                 "thresholds in config.json are tuned for the blend. `pipeline predict` applies the blend "
+                 "(char_ngrams.json and char_ngrams.safetensors in this folder)."] if "blend" in m else []), "",
               "## How to use", "", "With transformers:", "", "```python", "import torch",
               "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
               f'path = "{run["run_dir"]}"  # this folder',

@@ -353,8 +353,8 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
             val_probs, _ = score_texts(model, tokenizer, val_texts)
             if cfg.train.char_ngram_blend:
                 ngrams, blend_info = _fit_blend(train_rows, val_rows, val_probs, theme_ids, multi)
-                val_probs = ngrams.blend(val_probs, val_texts)
-            if multi:
+                val_probs, _ = ngrams._replace(none_threshold=1.0).blend(val_probs, val_texts)
+            if multi:  # on the blend, the same thresholds blend.choose picked its share with
                 model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
         trainer.save_model(str(staged))  # every process calls it (sharded models gather); the main one writes
         if main:
@@ -379,13 +379,14 @@ def _fit_blend(train_rows, val_rows, val_probs, theme_ids: list[str], multi: boo
     """The character n-gram model fitted on the training rows, with the transformer's share of the blend
     chosen on validation; and what train_metrics.json records of it."""
     log.info("fitting the character n-gram model for the blend (train.char_ngram_blend)")
-    ngrams = blend.fit(train_rows, theme_ids, multi)
-    share, by_share = blend.choose_weight(ngrams, val_rows, val_probs)
-    transformer_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids) if multi else None
+    ngrams, by_share = blend.choose(blend.fit(train_rows, theme_ids, multi), val_rows, val_probs)
+    share = ngrams.weight
     log.info("blend: transformer share %.1f (validation score %.3f; transformer alone %.3f, n-grams alone %.3f)",
              share, by_share[share], by_share[1.0], by_share[0.0])
-    ngrams = ngrams._replace(weight=share, transformer_thresholds=transformer_thresholds)
-    return ngrams, {"transformer_share": share, "validation_score_by_share": by_share}
+    if multi:
+        ngrams = ngrams._replace(transformer_thresholds=choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids))
+    return ngrams, {"transformer_share": share, "none_threshold": ngrams.none_threshold,
+                    "validation_score_by_share": by_share}
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,

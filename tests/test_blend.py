@@ -20,7 +20,7 @@ def _seed_rows():
 def _sklearn(ngrams, texts, labels):
     # The model blend.fit stands for, fitted by scikit-learn on the same features.
     x = ngrams.vectorizer.transform(texts)
-    return LogisticRegression(C=10.0, class_weight="balanced", max_iter=2000, solver="newton-cg").fit(x, labels)
+    return LogisticRegression(C=blend.C, class_weight="balanced", max_iter=2000, solver="newton-cg").fit(x, labels)
 
 
 def test_single_label_probabilities_are_scikit_learns_softmax():
@@ -37,7 +37,7 @@ def test_single_label_probabilities_are_scikit_learns_softmax():
     np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_two_classes_and_multi_label_match_scikit_learn():
+def test_two_classes_match_scikit_learn_and_multi_label_adds_none():
     rows = _seed_rows()
     two = [r for r in rows if r["primary"] in ("economy", "renewal")]
     ngrams = blend.fit(two, ["economy", "renewal"], multi_label=False)
@@ -47,22 +47,42 @@ def test_two_classes_and_multi_label_match_scikit_learn():
     np.testing.assert_allclose(ngrams.probs(texts)[:, 1], expected, atol=1e-5)
 
     multi = blend.fit(rows, THEMES, multi_label=True)
-    economy = [int("economy" in [r["primary"], *r["secondary"]]) for r in rows]
-    reference = _sklearn(multi, texts, economy)
-    expected = reference.predict_proba(multi.vectorizer.transform(texts))[:, 1]
-    np.testing.assert_allclose(multi.probs(texts)[:, 0], expected, atol=1e-5)
+    assert multi.classes == [*THEMES, "none"] and multi.label_ids == THEMES
+    reference = _sklearn(multi, texts, [r["primary"] for r in rows])
+    expected = reference.predict_proba(multi.vectorizer.transform(texts))
+    for k, label in enumerate(reference.classes_):
+        np.testing.assert_allclose(multi.probs(texts)[:, multi.classes.index(label)], expected[:, k], atol=1e-4)
+
+
+def test_the_none_gate_decides_no_label():
+    from pipeline.model import decide
+
+    rows = _seed_rows()
+    texts = ["国务院部署扩大对外开放。", "今天天气晴朗。"]
+    ngrams = blend.fit(rows, THEMES, multi_label=True)._replace(weight=0.5, none_threshold=0.6)
+    transformer = np.array([[0.1, 0.1, 0.1, 0.1, 0.1, 0.9], [0.2, 0.1, 0.1, 0.1, 0.1, 0.1]], np.float32)
+    probs, gate = ngrams.blend(transformer, texts)
+    ngram = ngrams.probs(texts)
+    np.testing.assert_allclose(probs, 0.5 * transformer + 0.5 * ngram[:, :6], atol=1e-6)
+    none_score = 0.5 * (1 - transformer.max(axis=1)) + 0.5 * ngram[:, 6]
+    np.testing.assert_array_equal(gate, none_score >= 0.6)
+    # gated rows get no label; the others at least their top one, even below every threshold
+    top, labels = decide(probs, THEMES, {t: 0.99 for t in THEMES}, np.array([False, True]))
+    assert labels == [[top[0]], []]
 
 
 def test_saved_and_loaded_model_scores_the_same(tmp_path):
     rows = _seed_rows()
-    ngrams = blend.fit(rows, THEMES, multi_label=True)._replace(weight=0.3, transformer_thresholds={t: 0.4 for t in THEMES})
+    ngrams = blend.fit(rows, THEMES, multi_label=True)._replace(
+        weight=0.3, none_threshold=0.45, transformer_thresholds={t: 0.4 for t in THEMES})
     blend.save(ngrams, tmp_path)
     loaded = blend.load(tmp_path)
     texts = [r["text"] for r in rows] + ["从未见过的句子。"]
     np.testing.assert_array_equal(loaded.probs(texts), ngrams.probs(texts))
-    assert loaded.weight == 0.3 and loaded.transformer_thresholds == {t: 0.4 for t in THEMES}
+    assert loaded[3:] == ngrams[3:]  # classes, mode, share, none threshold, the transformer's thresholds
     transformer = np.full((len(texts), len(THEMES)), 0.5, np.float32)
-    np.testing.assert_allclose(loaded.blend(transformer, texts), 0.3 * 0.5 + 0.7 * ngrams.probs(texts), atol=1e-6)
+    for got, expected in zip(loaded.blend(transformer, texts), ngrams.blend(transformer, texts)):
+        np.testing.assert_array_equal(got, expected)
     assert blend.load(tmp_path / "elsewhere") is None
 
 
@@ -89,6 +109,7 @@ def test_blended_run_records_the_share_and_the_transformer_alone(blended_run):
     trained = json.loads((run / "train_metrics.json").read_text())["char_ngram_blend"]
     share = trained["transformer_share"]
     assert share in blend.SHARES and set(trained["validation_score_by_share"]) == {str(s) for s in blend.SHARES}
+    assert trained["none_threshold"] in blend.NONE_THRESHOLDS
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["blend"]["transformer_share"] == share
     assert set(metrics["blend"]["transformer_alone"]["primary"]) == {"accuracy", "macro_f1"}
@@ -105,7 +126,9 @@ def test_blended_scores_are_the_blend_in_evaluate_and_predict(blended_run, tmp_p
     tokenizer, model = load_run(run)
     transformer, _ = score_texts(model, tokenizer, texts)
     ngrams = blend.load(run)
-    expected = ngrams.weight * transformer + (1 - ngrams.weight) * ngrams.probs(texts)
+    expected = ngrams.weight * transformer + (1 - ngrams.weight) * ngrams.probs(texts)[:, :-1]
+    _, gate = ngrams.blend(transformer, texts)
+    assert [not r["labels"] for r in recorded] == gate.tolist()  # no label exactly where the none gate is set
     theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
     got = np.array([[r["scores"][t] for t in theme_ids] for r in recorded])
     np.testing.assert_allclose(got, expected, atol=1e-4)
