@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,15 +43,20 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+@contextmanager
+def working_dir(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """`pipeline run configs/tiny.yaml` once, in a scratch project; yields its folder."""
-    root = copy_project(tmp_path_factory.mktemp("tiny"))
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(copy_project(tmp_path_factory.mktemp("tiny"))) as root:
         result = invoke("run", "configs/tiny.yaml")
         assert result.exit_code == 0, result.output
         yield root, result
-    finally:
-        os.chdir(old)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from conftest import ROOT, invoke
+from conftest import ROOT, copy_project, invoke, working_dir
 from pipeline import blend
 
 SEED = "data/raw/000_73cf914e94b4181e.txt"
@@ -88,19 +88,11 @@ def test_saved_and_loaded_model_scores_the_same(tmp_path):
 
 @pytest.fixture(scope="module")
 def blended_run(tmp_path_factory):
-    from conftest import copy_project
-
-    import os
-
-    root = copy_project(tmp_path_factory.mktemp("blend"))
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    """`pipeline run configs/tiny.yaml` with the blend, in a scratch project; yields (project, run directory)."""
+    with working_dir(copy_project(tmp_path_factory.mktemp("blend"))) as root:
         result = invoke("run", "configs/tiny.yaml", "--set", "train.char_ngram_blend=true", "--set", "run_name=blended")
-        assert result.exit_code == 0, result.output
-        yield root, root / "models/blended"
-    finally:
-        os.chdir(old)
+    assert result.exit_code == 0, result.output
+    return root, root / "models/blended"
 
 
 def test_blended_run_records_the_share_and_the_transformer_alone(blended_run):
