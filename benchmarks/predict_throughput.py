@@ -224,6 +224,9 @@ def main() -> None:
     small, large = result["default"]["max_rss_mib"], result["default-large"]["max_rss_mib"]
     print(f"\npeak memory of pipeline predict: {small:.0f} MiB at {result['default']['records']} records, "
           f"{large:.0f} MiB at {result['default-large']['records']} records ({large / small - 1:+.1%})")
+    if (args.model / "char_ngrams.json").is_file():
+        print("\nthis run is blended (train.char_ngram_blend): pipeline predict adds the n-gram half, so its speed includes "
+              "it and 'same top as transformers' compares the blend's answer with the transformer alone")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

@@ -66,16 +66,20 @@ class CharNgrams(NamedTuple):
         exp = np.exp(scores)
         return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def blend(self, transformer_probs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(blended label probabilities (n, n_labels), none gate (n,) bool for multi-label runs, else None)."""
+    def scores(self, transformer_probs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(blended label probabilities (n, n_labels), none score (n,) for multi-label runs, else None)."""
         ngram = self.probs(texts)
         share = self.weight
         probs = share * transformer_probs + (1.0 - share) * ngram[:, :len(self.label_ids)]
         if not self.multi_label:
             return probs, None
         top = transformer_probs.max(axis=1) if len(transformer_probs) else np.zeros(0)
-        none_score = share * (1.0 - top) + (1.0 - share) * ngram[:, -1]
-        return probs, none_score >= self.none_threshold
+        return probs, share * (1.0 - top) + (1.0 - share) * ngram[:, -1]
+
+    def blend(self, transformer_probs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(blended label probabilities (n, n_labels), none gate (n,) bool for multi-label runs, else None)."""
+        probs, none_score = self.scores(transformer_probs, texts)
+        return probs, None if none_score is None else none_score >= self.none_threshold
 
 
 def _vectorizer(ngram_range=NGRAM_RANGE, **kwargs):
@@ -160,15 +164,52 @@ def save(ngrams: CharNgrams, run_dir: Path) -> None:
     }, ensure_ascii=False), encoding="utf-8")
 
 
-def load(model_dir: Path) -> CharNgrams | None:
-    """The run's n-gram model, or None when it was trained without one."""
-    if not (model_dir / INFO_FILE).is_file():
+def _blended(model_dir: Path) -> bool:
+    """Whether the run (or export) in model_dir was trained with the blend: either file, or its config, says so."""
+    import yaml
+
+    from pipeline import runs
+
+    if (model_dir / INFO_FILE).is_file() or (model_dir / WEIGHTS_FILE).is_file():
+        return True
+    try:
+        config = yaml.safe_load((model_dir / runs.RESOLVED_CONFIG).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False  # check_run_dir and load_config report an unreadable config.yaml on their own
+    return bool((config.get("train") or {}).get("char_ngram_blend"))
+
+
+def load(model_dir: Path, label_ids: list[str] | None = None) -> CharNgrams | None:
+    """The run's n-gram model, or None when it was trained without one. A blended run whose n-gram files
+    are missing, damaged or for other labels than `label_ids` is an error, never silently unblended."""
+    from pipeline.errors import RunDirError
+
+    if not _blended(model_dir):
         return None
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    info = json.loads((model_dir / INFO_FILE).read_text(encoding="utf-8"))
-    arrays = load_file(str(model_dir / WEIGHTS_FILE))
-    vectorizer = _vectorizer(info["ngram_range"], vocabulary={gram: i for i, gram in enumerate(info["features"])})
-    vectorizer.idf_ = arrays["idf"]
-    return CharNgrams(vectorizer, arrays["coef"], arrays["intercept"], info["classes"], info["multi_label"],
-                      info["weight"], info["none_threshold"], info["transformer_thresholds"])
+    missing = [name for name in (INFO_FILE, WEIGHTS_FILE) if not (model_dir / name).is_file()]
+    if missing:
+        raise RunDirError(f"{model_dir} was trained with train.char_ngram_blend but its n-gram model cannot be read "
+                          f"({missing[0]} is missing); retrain with `pipeline train CONFIG`")
+    try:
+        info = json.loads((model_dir / INFO_FILE).read_text(encoding="utf-8"))
+        arrays = load_file(str(model_dir / WEIGHTS_FILE))
+        vectorizer = _vectorizer(info["ngram_range"], vocabulary={gram: i for i, gram in enumerate(info["features"])})
+        vectorizer.idf_ = arrays["idf"]
+        ngrams = CharNgrams(vectorizer, arrays["coef"], arrays["intercept"], info["classes"], info["multi_label"],
+                            info["weight"], info["none_threshold"], info["transformer_thresholds"])
+        problems = []
+        if ngrams.coef.shape != (len(ngrams.classes), len(info["features"])) or ngrams.intercept.shape != (len(ngrams.classes),):
+            problems.append(f"coefficients {ngrams.coef.shape} for {len(ngrams.classes)} classes and {len(info['features'])} n-grams")
+        if label_ids is not None and ngrams.label_ids != list(label_ids):
+            problems.append(f"classes {ngrams.label_ids}, the model's labels are {list(label_ids)}")
+        if ngrams.multi_label and ngrams.none_threshold is None:
+            problems.append("a multi-label blend without a none threshold")
+        if problems:
+            raise ValueError("; ".join(problems))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # JSONDecodeError is a ValueError
+        raise RunDirError(f"{model_dir} was trained with train.char_ngram_blend but its n-gram model cannot be read "
+                          f"({type(e).__name__}: {e}); retrain with `pipeline train CONFIG`") from None
+    return ngrams

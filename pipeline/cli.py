@@ -211,7 +211,8 @@ def export(
     if "parity" in result:
         p = result["parity"]
         typer.echo(f"parity with the float model on {p['records']} records: identical top theme "
-                   f"{p['identical_top']:.2%}, max score difference {p['max_score_difference']:.4f}")
+                   f"{p['identical_top']:.2%}, max score difference {p['max_score_difference']:.4f}"
+                   + (" (the transformer half; the n-gram half is copied unchanged)" if "blend" in result else ""))
 
 
 @app.command()

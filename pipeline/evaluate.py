@@ -165,7 +165,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     start = time.time()
     texts = [r["text"] for r in rows]
     probs, windows = score_texts(model, tokenizer, texts)
-    ngrams, none_gate = blend.load(run_dir), None
+    ngrams, none_gate = blend.load(run_dir, theme_ids), None
     if ngrams is not None:  # train.char_ngram_blend: the run's answer is the blend; the transformer alone is reported too
         transformer_probs, (probs, none_gate) = probs, ngrams.blend(probs, texts)
     seconds = time.time() - start

@@ -99,8 +99,10 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
         shutil.copy(run_dir / runs.RESOLVED_CONFIG, tmp / runs.RESOLVED_CONFIG)
-        for name in (blend.INFO_FILE, blend.WEIGHTS_FILE):  # a blended run's n-gram half travels as it is
-            if (run_dir / name).is_file():
+        if blend.load(run_dir, [model.config.id2label[i] for i in range(model.config.num_labels)]) is not None:
+            # A blended run's n-gram half travels as it is; parity below measures the transformer, the half that changes.
+            info["blend"] = "char_ngrams copied unchanged"
+            for name in (blend.INFO_FILE, blend.WEIGHTS_FILE):
                 shutil.copy(run_dir / name, tmp / name)
         if fmt == "onnx":
             float_path = _fresh_float_export(run_dir) if quantize else None

@@ -157,7 +157,7 @@ def decide(probs, theme_ids: list[str], thresholds: dict[str, float] | None, non
     clears a lower threshold and it does not: as a primary it is right more often (checked on the
     default test split). With `none_gate` (a blended multi-label run, blend.py), a row gets no theme
     exactly where the gate is set, and otherwise at least its top one. Here, not in metrics, so that
-    inference does not load scikit-learn."""
+    inference of an unblended run does not load scikit-learn."""
     import numpy as np
 
     top = [theme_ids[i] for i in probs.argmax(axis=1)]
@@ -420,6 +420,10 @@ class Scorer(NamedTuple):
         return (probs, None) if self.ngrams is None else self.ngrams.blend(probs, texts)
 
 
+def _label_ids(config) -> list[str]:
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
 def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | None = None, dtype: str | None = None) -> Scorer:
     """A Scorer from a run directory (float32 weights; int8-quantised, or cast to `dtype` such as
     bfloat16, on request) or from an export folder written by `pipeline export` (ONNX, or torch
@@ -437,8 +441,9 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
     if info["format"] == "onnx":
         from transformers import AutoConfig, AutoTokenizer
 
-        return Scorer(AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir),
-                      onnx_forward(model_dir / ONNX_FILE, threads), engine, blend.load(model_dir))
+        config = AutoConfig.from_pretrained(model_dir)
+        return Scorer(AutoTokenizer.from_pretrained(model_dir), config, onnx_forward(model_dir / ONNX_FILE, threads), engine,
+                      blend.load(model_dir, _label_ids(config)))
     if threads:
         torch.set_num_threads(threads)
     tokenizer, model = load_run(model_dir)
@@ -456,4 +461,4 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
         # One process per GPU under torchrun/accelerate: each takes the GPU of its local rank.
         model = model.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     return Scorer(tokenizer, model.config, torch_forward(model), engine + ("-cuda" if model.device.type == "cuda" else ""),
-                  blend.load(model_dir))
+                  blend.load(model_dir, _label_ids(model.config)))

@@ -111,24 +111,32 @@ def _baseline_for_verdict(m: dict) -> str:
     return "tfidf_char_lr" if "tfidf_char_lr" in m["baselines"] else "majority"
 
 
+def _model_name(m: dict) -> str:
+    """What the run's answer comes from: BERT, or BERT blended with the n-gram model (train.char_ngram_blend)."""
+    return "the BERT + char n-gram blend" if "blend" in m else "BERT"
+
+
 def verdict(m: dict, metric: str = "macro_f1", baseline: str | None = None) -> tuple[str, str]:
-    """('better' | 'worse' | 'unclear', one sentence) for BERT against a baseline on one primary metric.
+    """('better' | 'worse' | 'unclear', one sentence) for the model (BERT, or the blend) against a baseline
+    on one primary metric.
 
     Decided by the paired bootstrap interval of the difference: better when it lies above 0."""
     baseline = baseline or _baseline_for_verdict(m)
+    model = _model_name(m)
+    capital = model[0].upper() + model[1:]
     name = dict(HEADLINE)[metric].replace("primary ", "")
     ours, theirs = m["primary"][metric], m["baselines"][baseline]["primary"][metric]
     paired = m.get("confidence_intervals", {}).get("vs_baselines", {}).get(baseline, {}).get(metric)
     if paired is None:
         kind = "better" if ours > theirs else "worse" if ours < theirs else "unclear"
-        return kind, f"BERT {ours:.3f} vs {SYSTEMS[baseline]} {theirs:.3f} on {name} (no interval computed)"
+        return kind, f"{capital} {ours:.3f} vs {SYSTEMS[baseline]} {theirs:.3f} on {name} (no interval computed)"
     low, high = paired["ci"]
     diff = f"{paired['delta']:+.3f}, 95% CI {low:+.3f} to {high:+.3f}"
     if low > 0:
-        return "better", f"BERT beats the {SYSTEMS[baseline]} baseline on {name}: {ours:.3f} vs {theirs:.3f} ({diff})."
+        return "better", f"{capital} beats the {SYSTEMS[baseline]} baseline on {name}: {ours:.3f} vs {theirs:.3f} ({diff})."
     if high < 0:
-        return "worse", f"BERT is worse than the {SYSTEMS[baseline]} baseline on {name}: {ours:.3f} vs {theirs:.3f} ({diff})."
-    return "unclear", (f"BERT does not clearly beat the {SYSTEMS[baseline]} baseline on {name}: {ours:.3f} vs "
+        return "worse", f"{capital} is worse than the {SYSTEMS[baseline]} baseline on {name}: {ours:.3f} vs {theirs:.3f} ({diff})."
+    return "unclear", (f"{capital} does not clearly beat the {SYSTEMS[baseline]} baseline on {name}: {ours:.3f} vs "
                        f"{theirs:.3f} ({diff}; the interval includes 0).")
 
 
@@ -169,7 +177,7 @@ def figure_headline(m: dict) -> str:
             low, high = ci.get(metric, [value, value]) if system == "model" else (value, value)
             errors[0].append(value - low)
             errors[1].append(high - value)
-        ax.barh(ys, xs, height=height * 0.9, color=COLOURS[system], label=SYSTEMS[system],
+        ax.barh(ys, xs, height=height * 0.9, color=COLOURS[system], label=_model_name(m) if system == "model" else SYSTEMS[system],
                 xerr=errors if system == "model" else None, capsize=3, error_kw={"elinewidth": 1.2})
         for y, x, above in zip(ys, xs, errors[1]):
             ax.text(x + above + 0.01, y, f"{x:.3f}", va="center", fontsize=8)
@@ -564,7 +572,7 @@ def render_html(view: dict) -> str:
     if "blend" in m:
         parts.append(f'<p class="note">{_e(_blend_note(m))}</p>')
     if extra:
-        parts.append('<div class="panel">' + _table(["other figures", "BERT", "TF-IDF char LR", "majority"], extra) + "</div>")
+        parts.append('<div class="panel">' + _table(["other figures", _model_name(m), "TF-IDF char LR", "majority"], extra) + "</div>")
 
     rows = [[_e(t), _f(s["precision"]), _f(s["recall"]),
              f'<span class="bar" style="width:{round(80 * s["f1"])}px"></span>{_f(s["f1"])}', str(s["support"])]
@@ -784,7 +792,7 @@ def _blend_note(m: dict) -> str:
     if not b:
         return ""
     alone = b["transformer_alone"]
-    none = f", none F1 {_f(alone['none_f1'])}" if alone.get("none_f1") is not None else ""
+    none = f", none F1 {_f(alone['none_f1'])}" if alone.get("none_f1") is not None and m["none"]["support"] else ""
     return (f"The model is a blend (train.char_ngram_blend): {b['transformer_share']:.1f} × the fine-tuned transformer + "
             f"{1 - b['transformer_share']:.1f} × a TF-IDF character n-gram logistic regression, the share chosen on "
             f"validation. The transformer alone on this split: primary macro-F1 {_f(alone['primary']['macro_f1'])}, "

@@ -145,6 +145,7 @@ def _fingerprint(cfg: Config, data_dir: Path, processes: int) -> dict:
     """What decides the training trajectory: checkpoints are resumed only into an identical one."""
     recipe = config_dict(cfg)
     recipe["train"].pop("save_steps", None)  # how often it checkpoints does not change the result
+    recipe["train"].pop("char_ngram_blend", None)  # fitted after the transformer: its checkpoints do not depend on it
     return {
         "config": recipe,
         "data_sha256": {name: file_sha256(data_dir / f"{name}.jsonl") for name in ("train", "validation")},
@@ -381,7 +382,7 @@ def _fit_blend(train_rows, val_rows, val_probs, theme_ids: list[str], multi: boo
     log.info("fitting the character n-gram model for the blend (train.char_ngram_blend)")
     ngrams, by_share = blend.choose(blend.fit(train_rows, theme_ids, multi), val_rows, val_probs)
     share = ngrams.weight
-    log.info("blend: transformer share %.1f (validation score %.3f; transformer alone %.3f, n-grams alone %.3f)",
+    log.info("blend: transformer share %.1f (validation score %.3f; share 1.0 %.3f, share 0.0 %.3f)",
              share, by_share[share], by_share[1.0], by_share[0.0])
     if multi:
         ngrams = ngrams._replace(transformer_thresholds=choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids))

@@ -1,6 +1,8 @@
 """train.char_ngram_blend: the n-gram half against scikit-learn, and a blended tiny run from train to predict."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,25 +111,35 @@ def test_blended_run_records_the_share_and_the_transformer_alone(blended_run):
     assert "The model is a blend" in (run / "README.md").read_text()
 
 
-def test_blended_scores_are_the_blend_in_evaluate_and_predict(blended_run, tmp_path):
+@pytest.fixture
+def gated_copy(blended_run, tmp_path):
+    """A copy of the blended run with the share set to 0.5 and the none threshold at the median none score of
+    the seed paragraphs, so that the gate holds some of them back and lets others through."""
     from pipeline.model import load_run, score_texts
 
     root, run = blended_run
-    recorded = [json.loads(line) for line in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    texts = [r["text"] for r in recorded]
-    tokenizer, model = load_run(run)
+    copy = tmp_path / "gated"
+    shutil.copytree(run, copy)
+    rows = _seed_rows()
+    texts = [r["text"] for r in rows]
+    tokenizer, model = load_run(copy)
     transformer, _ = score_texts(model, tokenizer, texts)
-    ngrams = blend.load(run)
-    expected = ngrams.weight * transformer + (1 - ngrams.weight) * ngrams.probs(texts)[:, :-1]
-    _, gate = ngrams.blend(transformer, texts)
-    assert [not r["labels"] for r in recorded] == gate.tolist()  # no label exactly where the none gate is set
-    theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    got = np.array([[r["scores"][t] for t in theme_ids] for r in recorded])
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    ngram = blend.load(copy).probs(texts)
+    none_score = 0.5 * (1 - transformer.max(axis=1)) + 0.5 * ngram[:, -1]
+    info = json.loads((copy / blend.INFO_FILE).read_text(encoding="utf-8"))
+    info.update(weight=0.5, none_threshold=float(np.median(none_score)))
+    (copy / blend.INFO_FILE).write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    expected = 0.5 * transformer + 0.5 * ngram[:, :-1]
+    return root, copy, rows, expected, none_score >= info["none_threshold"], transformer
 
-    # predict (float32, as evaluate scores) gives the same scores for the same paragraphs, and so does an export
+
+def test_evaluate_predict_and_export_answer_with_the_blend(gated_copy, tmp_path):
+    from pipeline.metrics import theme_metrics
+
+    root, run, rows, expected, gate, transformer = gated_copy
+    assert 0 < gate.sum() < len(rows)  # the gate decides some rows each way
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) + "\n" for r in recorded),
+    source.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) + "\n" for r in rows),
                       encoding="utf-8")
     exported = invoke("export", run, "--format", "torch", "--output", tmp_path / "export")
     assert exported.exit_code == 0, exported.output
@@ -136,5 +148,84 @@ def test_blended_scores_are_the_blend_in_evaluate_and_predict(blended_run, tmp_p
         result = invoke("predict", source, "--model", model_dir, "--dtype", "float32", "-o", out)
         assert result.exit_code == 0, result.output
         predicted = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-        np.testing.assert_allclose([[p["scores"][t] for t in theme_ids] for p in predicted], got, atol=2e-4)
-        assert [p["labels"] for p in predicted] == [r["labels"] for r in recorded]
+        theme_ids = list(predicted[0]["scores"])
+        np.testing.assert_allclose([[p["scores"][t] for t in theme_ids] for p in predicted], expected, atol=2e-4)
+        assert [not p["labels"] for p in predicted] == gate.tolist()  # no theme exactly where the gate is set
+        assert all(p["labels"][0] == p["label"] for p in predicted if p["labels"])  # else at least the top one
+
+    with working_dir(root):  # evaluate finds the prepared data by the relative path train recorded
+        result = invoke("evaluate", run)
+    assert result.exit_code == 0, result.output
+    recorded = [json.loads(line) for line in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    index = {r["id"]: i for i, r in enumerate(rows)}
+    np.testing.assert_allclose([[r["scores"][t] for t in theme_ids] for r in recorded],
+                               expected[[index[r["id"]] for r in recorded]], atol=1e-4)
+    metrics = json.loads((run / "metrics.json").read_text())
+    test_rows = [{"primary": r["gold_primary"], "secondary": r["gold_secondary"]} for r in recorded]
+    alone = theme_metrics(test_rows, transformer[[index[r["id"]] for r in recorded]], theme_ids,
+                          blend.load(run).transformer_thresholds)
+    assert metrics["blend"]["transformer_alone"]["primary"]["macro_f1"] == pytest.approx(alone["primary"]["macro_f1"])
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop_weights", "char_ngrams.safetensors is missing"),
+    ("drop_info", "char_ngrams.json is missing"),
+    ("cut_info", "JSONDecodeError"),
+    ("other_labels", "the model's labels are"),
+])
+def test_a_damaged_blend_is_one_clear_error(blended_run, tmp_path, damage, message):
+    root, run = blended_run
+    copy = tmp_path / "damaged"
+    shutil.copytree(run, copy)
+    info_path = copy / blend.INFO_FILE
+    if damage == "drop_weights":
+        (copy / blend.WEIGHTS_FILE).unlink()
+    elif damage == "drop_info":
+        info_path.unlink()  # config.yaml still says the run is blended: never answer with the transformer alone
+    elif damage == "cut_info":
+        info_path.write_bytes(info_path.read_bytes()[:100])
+    else:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info["classes"] = ["a", "b", "none"]
+        info_path.write_text(json.dumps(info), encoding="utf-8")
+    for command in (["predict", root / SEED, "--model", copy, "-o", tmp_path / "out.jsonl"], ["export", copy]):
+        result = invoke(*command)
+        assert result.exit_code != 0
+        assert "trained with train.char_ngram_blend but its n-gram model cannot be read" in result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_switching_the_blend_on_keeps_checkpoints_resumable(blended_run):
+    from pipeline.config import load_config
+    from pipeline.train import _fingerprint
+
+    root, _ = blended_run
+    plain = load_config(root / "configs/tiny.yaml")
+    blended = load_config(root / "configs/tiny.yaml", ["train.char_ngram_blend=true"])
+    data = root / "data/prepared-tiny"
+    # The n-gram model is fitted after the transformer: the transformer's checkpoints stay valid.
+    assert _fingerprint(plain, data, 1) == _fingerprint(blended, data, 1)
+    assert _fingerprint(plain, data, 1) != _fingerprint(load_config(root / "configs/tiny.yaml", ["train.epochs=3"]), data, 1)
+
+
+def test_label_suggest_ranks_and_labels_with_the_blend(gated_copy, tmp_path):
+    from pipeline.model import load_run, score_texts
+
+    _, run, *_ = gated_copy
+    with working_dir(copy_project(tmp_path / "project")):
+        Path("data/raw/second.txt").write_text(
+            "今年全区新建社区养老服务中心三处,方便老年人就近就医和日常照料。\n"
+            "开发区引进外资企业十家,外贸出口总额比上年增长一成以上。\n"
+            "老旧小区完成供热管网改造,道路重新铺设,居民出行更加方便。\n"
+            "昨日本市最高气温十二摄氏度,夜间有小雨,风力三到四级。\n", encoding="utf-8")
+        result = invoke("label", "suggest", "configs/tiny.yaml", "--model", run, "--n", "4", "-o", tmp_path / "s.jsonl")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 4
+    tokenizer, model = load_run(run)
+    transformer, _ = score_texts(model, tokenizer, [r["text"] for r in rows])
+    probs, gate = blend.load(run).blend(transformer, [r["text"] for r in rows])
+    theme_ids = list(rows[0]["model_scores"])
+    np.testing.assert_allclose([[r["model_scores"][t] for t in theme_ids] for r in rows], probs, atol=2e-3)
+    assert [not r["model_labels"] for r in rows] == gate.tolist()
