@@ -545,7 +545,7 @@ def _headline_html(m: dict) -> str:
     others = [verdict(m, key)[1] for key, _ in HEADLINE if key != "macro_f1"]
     return (f'<section id="headline"><div class="verdict {kind}">{_e(sentence)}</div>'
             f'<p class="verdicts-minor">{_e(" ".join(others))}</p><div class="cards">{"".join(cards)}</div>'
-            f'<div class="panel">{_img(figure_headline(m), "headline figures: BERT against the baselines")}</div></section>')
+            f'<div class="panel">{_img(figure_headline(m), f"headline figures: {_model_name(m)} against the baselines")}</div></section>')
 
 
 def render_html(view: dict) -> str:
@@ -831,8 +831,9 @@ def render_cv_html(result: dict, run_name: str) -> str:
         diffs = [a - b for a, b in zip(ours["folds"], theirs["folds"])]
         wins = sum(d > 0 for d in diffs)
         kind = "better" if wins == len(diffs) else "worse" if wins == 0 else "unclear"
-        sentence = (f"BERT macro-F1 {ours['mean']:.3f} ± {ours['std']:.3f} against TF-IDF {theirs['mean']:.3f} ± "
-                    f"{theirs['std']:.3f}: BERT is ahead in {wins} of {len(diffs)} folds.")
+        model = "The blend" if (result.get("config", {}).get("train") or {}).get("char_ngram_blend") else "BERT"
+        sentence = (f"{model} macro-F1 {ours['mean']:.3f} ± {ours['std']:.3f} against TF-IDF {theirs['mean']:.3f} ± "
+                    f"{theirs['std']:.3f}: {model.lower() if model != 'BERT' else model} is ahead in {wins} of {len(diffs)} folds.")
     body = [f"<h1>{result['folds']}-fold cross-validation: {_e(run_name)}</h1>",
             f'<p class="sub">{result["pooled_paragraphs"]} paragraphs (train + validation; the test split is not used). '
             f'Model: {_e(result["model"])}. Seed {_e(result.get("seed", ""))}.</p>',
