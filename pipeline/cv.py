@@ -31,6 +31,10 @@ FIGURES = {
     "none F1": lambda m: m["none"]["f1"] if m.get("none", {}).get("support") else None,  # a fold without none rows
     "TF-IDF primary macro-F1": lambda m: m["baselines"].get("tfidf_char_lr", {}).get("primary", {}).get("macro_f1"),
     "TF-IDF none F1": lambda m: m["baselines"].get("tfidf_char_lr", {}).get("none_f1"),
+    # A blended run (train.char_ngram_blend): the transformer half alone, so the blend's gain is measured over folds too.
+    "transformer-alone primary macro-F1": lambda m: m["blend"]["transformer_alone"]["primary"]["macro_f1"] if "blend" in m else None,
+    "transformer-alone none F1": lambda m: (m["blend"]["transformer_alone"]["none_f1"]
+                                            if "blend" in m and m.get("none", {}).get("support") else None),
 }
 
 

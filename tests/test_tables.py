@@ -134,12 +134,15 @@ def test_cv_on_a_derived_schema_keeps_near_copies_in_one_fold(tmp_path):
         csv.writer(f).writerows([["text", "label"], *rows])
     cfg = _config(tmp_path, [{"path": str(src)}], epochs=1)
     assert invoke("prepare", cfg, "--set", "data.test_fraction=0").exit_code == 0
-    result = invoke("cv", cfg, "--folds", "2")
+    # Blended (single-label): every fold fits its own n-gram model, and the transformer alone is summarised too.
+    result = invoke("cv", cfg, "--folds", "2", "--set", "train.char_ngram_blend=true")
     assert result.exit_code == 0, result.output
     assert "primary macro-F1:" in result.output
     out = tmp_path / "models" / "own-cv"
     summary = json.loads((out / "cv.json").read_text())
     assert len(summary["summary"]["primary macro-F1"]["folds"]) == 2
+    assert len(summary["summary"]["transformer-alone primary macro-F1"]["folds"]) == 2
+    assert all((out / f"fold-{k}" / "char_ngrams.json").is_file() for k in range(2))
     assert set(summary["data_sha256"]) == {"train", "validation"} and summary["config"]["run_name"] == "own"
     assert summary["near_duplicate_groups"] == 6
     for k in range(2):
