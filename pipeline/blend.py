@@ -68,7 +68,10 @@ class CharNgrams(NamedTuple):
 
     def scores(self, transformer_probs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """(blended label probabilities (n, n_labels), none score (n,) for multi-label runs, else None)."""
-        ngram = self.probs(texts)
+        return self.combine(transformer_probs, self.probs(texts))
+
+    def combine(self, transformer_probs: np.ndarray, ngram: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """scores(), from the n-gram model's probabilities already computed (choose tries many shares on them)."""
         share = self.weight
         probs = share * transformer_probs + (1.0 - share) * ngram[:, :len(self.label_ids)]
         if not self.multi_label:
@@ -121,13 +124,13 @@ def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) 
     from pipeline.metrics import choose_thresholds, membership, selection_score
     from pipeline.model import decide
 
-    texts = [r["text"] for r in rows]
+    ngram = ngrams.probs([r["text"] for r in rows])  # once: every share and cut below reuses them
     gold = [r["primary"] for r in rows]
     label_ids = ngrams.label_ids
 
     def answer_f1(candidate: CharNgrams, thresholds) -> float:
-        probs, gate = candidate.blend(transformer_probs, texts)
-        top, labels = decide(probs, label_ids, thresholds, gate)
+        probs, none_score = candidate.combine(transformer_probs, ngram)
+        top, labels = decide(probs, label_ids, thresholds, none_score >= candidate.none_threshold)
         pred = [t if ls else NONE for t, ls in zip(top, labels)]
         return float(f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0))
 
@@ -135,13 +138,13 @@ def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) 
     for share in map(float, SHARES):
         candidate = ngrams._replace(weight=share)
         if ngrams.multi_label:
-            probs, _ = candidate._replace(none_threshold=1.0).blend(transformer_probs, texts)
+            probs, _ = candidate.combine(transformer_probs, ngram)
             thresholds = choose_thresholds(probs, membership(rows, label_ids), label_ids)
             by_cut = {float(t): answer_f1(candidate._replace(none_threshold=float(t)), thresholds) for t in NONE_THRESHOLDS}
             cut = max(by_cut, key=lambda t: (round(by_cut[t], 6), t))  # ties: the higher cut, fewer "no label"
             candidate, scores[share] = candidate._replace(none_threshold=cut), by_cut[cut]
         else:
-            scores[share] = selection_score(rows, candidate.blend(transformer_probs, texts)[0], label_ids, False)
+            scores[share] = selection_score(rows, candidate.combine(transformer_probs, ngram)[0], label_ids, False)
         candidates[share] = candidate
     # Ties go to the larger transformer share: the model the run is named for, and the smaller change.
     best = max(scores, key=lambda s: (round(scores[s], 6), s))
