@@ -68,17 +68,15 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
     thresholds = getattr(model.config, "theme_thresholds", None) or {t: 0.5 for t in theme_ids}
     texts = [p.text for p in pool]
     probs, _ = score_texts(model, tokenizer, texts)
-    ngrams, none_gate = blend.load(run_dir, theme_ids), None
-    cut = np.array([thresholds[t] for t in theme_ids])
+    ngrams, none_score, none_gate = blend.load(run_dir, theme_ids), None, None
     if ngrams is not None:  # a blended run: rank by the scores it answers with, its none gate included
         probs, none_score = ngrams.scores(probs, texts)
-        distance = np.abs(probs - cut).min(axis=1)
-        if none_score is not None:
-            none_gate = none_score >= ngrams.none_threshold
-            distance = np.minimum(distance, np.abs(none_score - ngrams.none_threshold))
-        uncertainty = -distance
-    else:
-        uncertainty = -np.abs(probs - cut).min(axis=1)  # nearest any threshold = least sure
+    cut = np.array([thresholds[t] for t in theme_ids])
+    distance = np.abs(probs - cut).min(axis=1)  # nearest any threshold = least sure
+    if none_score is not None:
+        none_gate = none_score >= ngrams.none_threshold
+        distance = np.minimum(distance, np.abs(none_score - ngrams.none_threshold))
+    uncertainty = -distance
     order = np.argsort(-uncertainty)[: n * 5]
     vectors = tfidf_char_vectorizer().fit_transform([pool[i].text for i in order])
     chosen: list[int] = []

@@ -354,7 +354,7 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
             val_probs, _ = score_texts(model, tokenizer, val_texts)
             if cfg.train.char_ngram_blend:
                 ngrams, blend_info = _fit_blend(train_rows, val_rows, val_probs, theme_ids, multi)
-                val_probs, _ = ngrams._replace(none_threshold=1.0).blend(val_probs, val_texts)
+                val_probs, _ = ngrams.scores(val_probs, val_texts)
             if multi:  # on the blend, the same thresholds blend.choose picked its share with
                 model.config.theme_thresholds = choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids)
         trainer.save_model(str(staged))  # every process calls it (sharded models gather); the main one writes
