@@ -174,6 +174,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
         alone = theme_metrics(rows, transformer_probs, theme_ids, ngrams.transformer_thresholds)
         metrics["blend"] = {
             "transformer_share": ngrams.weight,
+            "pooling": ngrams.pooling,
             "transformer_alone": {"primary": {k: alone["primary"][k] for k in ("accuracy", "macro_f1")},
                                   "none_f1": alone["none"]["f1"] if "none" in alone else None},
         }

@@ -793,9 +793,14 @@ def _blend_note(m: dict) -> str:
         return ""
     alone = b["transformer_alone"]
     none = f", none F1 {_f(alone['none_f1'])}" if alone.get("none_f1") is not None and m["none"]["support"] else ""
-    return (f"The model is a blend (train.char_ngram_blend): {b['transformer_share']:.1f} × the fine-tuned transformer + "
-            f"{1 - b['transformer_share']:.1f} × a TF-IDF character n-gram logistic regression, the share chosen on "
-            f"validation. The transformer alone on this split: primary macro-F1 {_f(alone['primary']['macro_f1'])}, "
+    share = b["transformer_share"]
+    if b.get("pooling", "mean") == "geometric":
+        what = (f"the weighted geometric mean of the fine-tuned transformer's probabilities (weight {share:.1f}) and a "
+                f"TF-IDF character n-gram logistic regression's ({1 - share:.1f}), the pooling and weights chosen on validation")
+    else:
+        what = (f"{share:.1f} × the fine-tuned transformer + {1 - share:.1f} × a TF-IDF character n-gram logistic "
+                f"regression, the pooling and share chosen on validation")
+    return (f"The model is a blend (train.char_ngram_blend): {what}. The transformer alone on this split: primary macro-F1 {_f(alone['primary']['macro_f1'])}, "
             f"accuracy {_f(alone['primary']['accuracy'])}{none}.")
 
 

@@ -380,14 +380,17 @@ def _fit_blend(train_rows, val_rows, val_probs, theme_ids: list[str], multi: boo
     """The character n-gram model fitted on the training rows, with the transformer's share of the blend
     chosen on validation; and what train_metrics.json records of it."""
     log.info("fitting the character n-gram model for the blend (train.char_ngram_blend)")
-    ngrams, by_share = blend.choose(blend.fit(train_rows, theme_ids, multi), val_rows, val_probs)
-    share = ngrams.weight
-    log.info("blend: transformer share %.1f (validation score %.3f; share 1.0 %.3f, share 0.0 %.3f)",
-             share, by_share[share], by_share[1.0], by_share[0.0])
+    ngrams, by_pooling = blend.choose(blend.fit(train_rows, theme_ids, multi), val_rows, val_probs)
+    share, pooling = ngrams.weight, ngrams.pooling
+    other = next(p for p in blend.POOLINGS if p != pooling)
+    other_best = max(by_pooling[other], key=by_pooling[other].get)
+    log.info("blend: %s of the probabilities, transformer share %.1f (validation score %.3f; the %s's best %.3f at %.1f; "
+             "transformer alone %.3f, n-gram model alone %.3f)", pooling, share, by_pooling[pooling][share], other,
+             by_pooling[other][other_best], other_best, by_pooling[pooling][1.0], by_pooling[pooling][0.0])
     if multi:
         ngrams = ngrams._replace(transformer_thresholds=choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids))
-    return ngrams, {"transformer_share": share, "none_threshold": ngrams.none_threshold,
-                    "validation_score_by_share": by_share}
+    return ngrams, {"transformer_share": share, "pooling": pooling, "none_threshold": ngrams.none_threshold,
+                    "validation_score_by_pooling_and_share": by_pooling}
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data_dir: Path, trainer, result, train_rows, val_rows,

@@ -73,15 +73,59 @@ def test_the_none_gate_decides_no_label():
     assert labels == [[top[0]], []]
 
 
+def _fixed_ngrams(q: np.ndarray, labels: list[str]):
+    """An n-gram model that gives text str(i) the probabilities q[i]: each text is one n-gram of its own
+    (a TF-IDF row of a single 1.0), and the model's scores for it are log q[i]."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [chr(0x4E00 + i) for i in range(len(q))]
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 1), vocabulary={t: i for i, t in enumerate(texts)})
+    vectorizer.idf_ = np.ones(len(texts), np.float32)
+    coef = np.log(np.maximum(q, 1e-30)).T.astype(np.float32)
+    return texts, blend.CharNgrams(vectorizer, coef, np.zeros(len(labels), np.float32), labels, False)
+
+
+def test_geometric_pooling_is_the_weighted_geometric_mean_renormalised():
+    labels = ["x", "y", "z"]
+    q = np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    texts, ngrams = _fixed_ngrams(q, labels)
+    np.testing.assert_allclose(ngrams.probs(texts), q, atol=1e-6)
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    got, _ = ngrams._replace(pooling="geometric", weight=0.3).scores(p, texts)
+    expected = p ** 0.3 * q ** 0.7
+    np.testing.assert_allclose(got, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+    for share, alone in ((1.0, p), (0.0, q)):  # at either end, one model's probabilities exactly
+        np.testing.assert_allclose(ngrams._replace(pooling="geometric", weight=share).scores(p, texts)[0], alone, atol=1e-6)
+
+
+def test_validation_chooses_the_pooling_that_scores_better():
+    # Gold y rows: the transformer says x, the n-gram model says z, both give y 0.28. Any weighted mean
+    # answers x or z (0.72s or 0.72(1 - s) beats 0.28 at every s); the geometric mean answers y, the one
+    # label both models support. x and z rows are easy for both.
+    labels = ["x", "y", "z"]
+    p = np.array([[0.9, 0.1, 0.0], [0.72, 0.28, 0.0], [0.72, 0.28, 0.0], [0.1, 0.1, 0.8]], np.float32)
+    q = np.array([[0.8, 0.1, 0.1], [0.0, 0.28, 0.72], [0.0, 0.28, 0.72], [0.1, 0.1, 0.8]])
+    texts, ngrams = _fixed_ngrams(q, labels)
+    rows = [{"text": t, "primary": g} for t, g in zip(texts, ["x", "y", "y", "z"])]
+    chosen, scores = blend.choose(ngrams, rows, p)
+    assert set(scores) == set(blend.POOLINGS) and set(scores["mean"]) == set(map(float, blend.SHARES))
+    assert max(scores["mean"].values()) < 1.0 and scores["geometric"][0.5] == 1.0
+    assert chosen.pooling == "geometric" and 0.0 < chosen.weight < 1.0
+    assert scores["geometric"][chosen.weight] == 1.0
+    # where the two tie, as they do when the transformer alone is best, the plain mean stays
+    chosen, _ = blend.choose(ngrams, [{"text": t, "primary": g} for t, g in zip(texts, ["x", "x", "x", "z"])], p)
+    assert (chosen.pooling, chosen.weight) == ("mean", 1.0)
+
+
 def test_saved_and_loaded_model_scores_the_same(tmp_path):
     rows = _seed_rows()
     ngrams = blend.fit(rows, THEMES, multi_label=True)._replace(
-        weight=0.3, none_threshold=0.45, transformer_thresholds={t: 0.4 for t in THEMES})
+        weight=0.3, none_threshold=0.45, transformer_thresholds={t: 0.4 for t in THEMES}, pooling="geometric")
     blend.save(ngrams, tmp_path)
     loaded = blend.load(tmp_path)
     texts = [r["text"] for r in rows] + ["从未见过的句子。"]
     np.testing.assert_array_equal(loaded.probs(texts), ngrams.probs(texts))
-    assert loaded[3:] == ngrams[3:]  # classes, mode, share, none threshold, the transformer's thresholds
+    assert loaded[3:] == ngrams[3:]  # classes, mode, share, none threshold, the transformer's thresholds, pooling
     transformer = np.full((len(texts), len(THEMES)), 0.5, np.float32)
     for got, expected in zip(loaded.blend(transformer, texts), ngrams.blend(transformer, texts)):
         np.testing.assert_array_equal(got, expected)
@@ -102,12 +146,16 @@ def test_blended_run_records_the_share_and_the_transformer_alone(blended_run):
     assert (run / blend.INFO_FILE).is_file() and (run / blend.WEIGHTS_FILE).is_file()
     trained = json.loads((run / "train_metrics.json").read_text())["char_ngram_blend"]
     share = trained["transformer_share"]
-    assert share in blend.SHARES and set(trained["validation_score_by_share"]) == {str(s) for s in blend.SHARES}
+    assert share in blend.SHARES and trained["pooling"] in blend.POOLINGS
+    assert {p: set(by_share) for p, by_share in trained["validation_score_by_pooling_and_share"].items()} == {
+        p: {str(s) for s in blend.SHARES} for p in blend.POOLINGS}
     assert trained["none_threshold"] in blend.NONE_THRESHOLDS
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["blend"]["transformer_share"] == share
+    assert metrics["blend"]["transformer_share"] == share and metrics["blend"]["pooling"] == trained["pooling"]
     assert set(metrics["blend"]["transformer_alone"]["primary"]) == {"accuracy", "macro_f1"}
-    assert f"The model is a blend (train.char_ngram_blend): {share:.1f} × the fine-tuned transformer" in (run / "report.md").read_text()
+    note = (f"{share:.1f} × the fine-tuned transformer" if trained["pooling"] == "mean" else
+            f"the weighted geometric mean of the fine-tuned transformer's probabilities (weight {share:.1f})")
+    assert f"The model is a blend (train.char_ngram_blend): {note}" in (run / "report.md").read_text()
     assert "The model is a blend" in (run / "README.md").read_text()
 
 
@@ -172,6 +220,7 @@ def test_evaluate_predict_and_export_answer_with_the_blend(gated_copy, tmp_path)
     ("drop_info", "char_ngrams.json is missing"),
     ("cut_info", "JSONDecodeError"),
     ("other_labels", "the model's labels are"),
+    ("unknown_pooling", "pooling 'median', expected one of mean, geometric"),
 ])
 def test_a_damaged_blend_is_one_clear_error(blended_run, tmp_path, damage, message):
     root, run = blended_run
@@ -186,7 +235,10 @@ def test_a_damaged_blend_is_one_clear_error(blended_run, tmp_path, damage, messa
         info_path.write_bytes(info_path.read_bytes()[:100])
     else:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        info["classes"] = ["a", "b", "none"]
+        if damage == "other_labels":
+            info["classes"] = ["a", "b", "none"]
+        else:
+            info["pooling"] = "median"
         info_path.write_text(json.dumps(info), encoding="utf-8")
     for command in (["predict", root / SEED, "--model", copy, "-o", tmp_path / "out.jsonl"], ["export", copy]):
         result = invoke(*command)
