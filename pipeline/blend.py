@@ -1,17 +1,20 @@
 """A character n-gram linear model trained beside the transformer, and the blend of the two.
 
 Why: with a few thousand labelled paragraphs and a CPU's fine-tuning budget, a small transformer and
-a TF-IDF character n-gram logistic regression make different mistakes. Averaging their probabilities,
-with the share chosen on validation, beat either alone on both of this project's corpora
+a TF-IDF character n-gram logistic regression make different mistakes. Pooling their probabilities,
+with the pooling and share chosen on validation, beat either alone on both of this project's corpora
 (docs/MEASUREMENTS.md). `train.char_ngram_blend: true` turns it on; the report shows the transformer
 alone beside the blend, so the gain is measured in every run.
 
 The n-gram model is one multinomial logistic regression over the primary label: over the labels for
-a single-label run, over the labels and `none` for a multi-label run. The two models are pooled in
-one of two ways, whichever scores better on validation together with the transformer's share: the
-weighted mean of their probabilities, or their weighted geometric mean (log-linear pooling, a product
-of experts: a label needs both models' support). On THUCNews the geometric mean scored higher on
-validation in each of four runs; on the policy corpus the mean did (docs/MEASUREMENTS.md).
+a single-label run, over the labels and `none` for a multi-label run. A single-label run pools the
+two in one of two ways, whichever scores better on validation together with the transformer's share:
+the weighted mean of their probabilities, or their weighted geometric mean, renormalised (log-linear
+pooling, a product of experts: a label needs both models' support). On THUCNews the geometric mean
+scored higher on validation in each of four runs (docs/MEASUREMENTS.md). A multi-label run always
+takes the mean: the n-gram model, trained on primary labels, gives a paragraph's secondary themes
+little probability, and a product would push them below every threshold while the validation score,
+which reads the primary theme and `none`, would not see it.
 
 For a multi-label run the blend also decides "no label" as the n-gram model does, as one of the classes: a paragraph gets no label when
 its none score, share × (1 − the transformer's top probability) + (1 − share) × the n-gram model's
@@ -37,7 +40,7 @@ WEIGHTS_FILE = "char_ngrams.safetensors"
 INFO_FILE = "char_ngrams.json"
 NONE = "none"
 SHARES = np.round(np.arange(0.0, 1.01, 0.1), 1)  # the transformer's share of the blend, tried on validation
-POOLINGS = ("mean", "geometric")  # tried in this order: on a tie the plain mean stays
+POOLINGS = ("mean", "geometric")  # single-label runs try both, in this order: on a tie the plain mean stays
 NONE_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 # Character 1-2-grams and C=30: the best of 1-2/1-3-grams × C 10/30 in 5-fold cross-validation on the training
 # split of both corpora (macro-F1 0.746 and 0.848 against the report baseline's 1-3-grams, C=10: 0.737, 0.842;
@@ -80,15 +83,12 @@ class CharNgrams(NamedTuple):
     def combine(self, transformer_probs: np.ndarray, ngram: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """scores(), from the n-gram model's probabilities already computed (choose tries many shares on them)."""
         share, labels = self.weight, ngram[:, :len(self.label_ids)]
-        if self.pooling == "geometric":
-            # In logs, so that share 1 or 0 gives one model's probabilities exactly; the floor keeps log(0) finite.
+        if self.pooling == "geometric":  # single-label only (load and choose keep multi-label runs on the mean)
+            # In logs, renormalised as a softmax; share 1 or 0 gives one model's probabilities to float precision,
+            # and the floor keeps log(0) finite.
             log_probs = share * np.log(np.maximum(transformer_probs, 1e-12)) + (1.0 - share) * np.log(np.maximum(labels, 1e-12))
-            if self.multi_label:  # each label's own score, set against its threshold: the transformer's are per label
-                probs = np.exp(log_probs)
-            else:  # renormalised over the labels, as a softmax
-                probs = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
-                probs /= probs.sum(axis=1, keepdims=True)
-            probs = probs.astype(np.float32)
+            probs = np.exp(log_probs - log_probs.max(axis=1, keepdims=True)) if len(log_probs) else np.exp(log_probs)
+            probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
         else:
             probs = share * transformer_probs + (1.0 - share) * labels
         if not self.multi_label:
@@ -152,7 +152,8 @@ def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) 
         return float(f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0))
 
     candidates, scores = {}, {}
-    for pooling, share in ((p, float(s)) for p in POOLINGS for s in SHARES):
+    poolings = POOLINGS[:1] if ngrams.multi_label else POOLINGS  # multi-label: the mean (module docstring)
+    for pooling, share in ((p, float(s)) for p in poolings for s in SHARES):
         candidate = ngrams._replace(weight=share, pooling=pooling)
         if ngrams.multi_label:
             probs, _ = candidate.combine(transformer_probs, ngram)
@@ -166,7 +167,7 @@ def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) 
     # Ties go to the larger transformer share (the model the run is named for, and the smaller change), then to
     # the plain mean: at share 0 and 1 the two poolings are the same model.
     best = max(scores, key=lambda k: (round(scores[k], 6), k[1], k[0] == "mean"))
-    by_pooling = {pooling: {share: scores[p, share] for p, share in scores if p == pooling} for pooling in POOLINGS}
+    by_pooling = {pooling: {share: scores[p, share] for p, share in scores if p == pooling} for pooling in poolings}
     return candidates[best], by_pooling
 
 
@@ -230,6 +231,8 @@ def load(model_dir: Path, label_ids: list[str] | None = None) -> CharNgrams | No
             problems.append(f"classes {ngrams.label_ids}, the model's labels are {list(label_ids)}")
         if ngrams.pooling not in POOLINGS:
             problems.append(f"pooling {ngrams.pooling!r}, expected one of {', '.join(POOLINGS)}")
+        elif ngrams.multi_label and ngrams.pooling != "mean":
+            problems.append(f"a multi-label blend with pooling {ngrams.pooling!r}, expected mean")
         if ngrams.multi_label and ngrams.none_threshold is None:
             problems.append("a multi-label blend without a none threshold")
         if problems:

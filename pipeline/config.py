@@ -180,8 +180,9 @@ class TrainConfig(Strict):
         "overlapping by 32, so this changes training only."
     )
     char_ngram_blend: bool = Field(
-        False, description="Also fit a TF-IDF character n-gram logistic regression on the training split and average its "
-        "probabilities with the transformer's, the transformer's share chosen on validation (pipeline/blend.py).")
+        False, description="Also fit a TF-IDF character n-gram logistic regression on the training split and pool its "
+        "probabilities with the transformer's (weighted mean, or for single-label runs also weighted geometric mean), "
+        "the pooling and the transformer's share chosen on validation (pipeline/blend.py).")
     early_stopping_patience: int = Field(3, ge=1, description="Epochs without a better validation macro-F1 before stopping.")
     save_steps: int | None = Field(
         None, ge=1, description="Also checkpoint every N optimiser steps (validation stays per epoch), so an interrupted "

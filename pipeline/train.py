@@ -377,16 +377,18 @@ def train(cfg: Config, data_dir: str | None = None, resume: bool = False) -> Pat
 
 
 def _fit_blend(train_rows, val_rows, val_probs, theme_ids: list[str], multi: bool):
-    """The character n-gram model fitted on the training rows, with the transformer's share of the blend
-    chosen on validation; and what train_metrics.json records of it."""
+    """The character n-gram model fitted on the training rows, with the pooling and the transformer's share
+    of the blend chosen on validation; and what train_metrics.json records of it."""
     log.info("fitting the character n-gram model for the blend (train.char_ngram_blend)")
     ngrams, by_pooling = blend.choose(blend.fit(train_rows, theme_ids, multi), val_rows, val_probs)
     share, pooling = ngrams.weight, ngrams.pooling
-    other = next(p for p in blend.POOLINGS if p != pooling)
-    other_best = max(by_pooling[other], key=by_pooling[other].get)
-    log.info("blend: %s of the probabilities, transformer share %.1f (validation score %.3f; the %s's best %.3f at %.1f; "
-             "transformer alone %.3f, n-gram model alone %.3f)", pooling, share, by_pooling[pooling][share], other,
-             by_pooling[other][other_best], other_best, by_pooling[pooling][1.0], by_pooling[pooling][0.0])
+    others = ""
+    for other, by_share in by_pooling.items():  # single-label runs try both poolings
+        if other != pooling:
+            best = max(by_share, key=lambda s: (round(by_share[s], 6), s))  # as choose breaks ties
+            others = f"; the {other} pooling's best {by_share[best]:.3f} at {best:.1f}"
+    log.info("blend: %s pooling, transformer share %.1f (validation score %.3f%s; transformer alone %.3f, n-gram model "
+             "alone %.3f)", pooling, share, by_pooling[pooling][share], others, by_pooling[pooling][1.0], by_pooling[pooling][0.0])
     if multi:
         ngrams = ngrams._replace(transformer_thresholds=choose_thresholds(val_probs, membership(val_rows, theme_ids), theme_ids))
     return ngrams, {"transformer_share": share, "pooling": pooling, "none_threshold": ngrams.none_threshold,

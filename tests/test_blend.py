@@ -120,7 +120,7 @@ def test_validation_chooses_the_pooling_that_scores_better():
 def test_saved_and_loaded_model_scores_the_same(tmp_path):
     rows = _seed_rows()
     ngrams = blend.fit(rows, THEMES, multi_label=True)._replace(
-        weight=0.3, none_threshold=0.45, transformer_thresholds={t: 0.4 for t in THEMES}, pooling="geometric")
+        weight=0.3, none_threshold=0.45, transformer_thresholds={t: 0.4 for t in THEMES})
     blend.save(ngrams, tmp_path)
     loaded = blend.load(tmp_path)
     texts = [r["text"] for r in rows] + ["从未见过的句子。"]
@@ -130,6 +130,37 @@ def test_saved_and_loaded_model_scores_the_same(tmp_path):
     for got, expected in zip(loaded.blend(transformer, texts), ngrams.blend(transformer, texts)):
         np.testing.assert_array_equal(got, expected)
     assert blend.load(tmp_path / "elsewhere") is None
+
+
+def test_the_pooling_is_saved_and_older_runs_load_as_the_mean(tmp_path):
+    from pipeline.errors import RunDirError
+
+    rows = _seed_rows()
+    texts = [r["text"] for r in rows]
+    single = blend.fit(rows, [*THEMES, "none"], multi_label=False)._replace(weight=0.4, pooling="geometric")
+    blend.save(single, tmp_path)
+    loaded = blend.load(tmp_path)
+    assert loaded.pooling == "geometric" and loaded.weight == 0.4
+    transformer = np.full((len(texts), len(THEMES) + 1), 1 / 7, np.float32)
+    np.testing.assert_array_equal(loaded.blend(transformer, texts)[0], single.blend(transformer, texts)[0])
+    info_path = tmp_path / blend.INFO_FILE
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    del info["pooling"]  # a run trained before the pooling was chosen pooled by the mean
+    info_path.write_text(json.dumps(info), encoding="utf-8")
+    assert blend.load(tmp_path).pooling == "mean"
+    # a multi-label blend pools by the mean only (blend.py): a file saying otherwise is damaged
+    multi = blend.fit(rows, THEMES, multi_label=True)._replace(weight=0.3, none_threshold=0.45, pooling="geometric")
+    blend.save(multi, tmp_path)
+    with pytest.raises(RunDirError, match="a multi-label blend with pooling 'geometric', expected mean"):
+        blend.load(tmp_path)
+
+
+def test_a_multi_label_blend_tries_the_mean_only():
+    rows = _seed_rows()
+    ngrams = blend.fit(rows, THEMES, multi_label=True)
+    transformer = np.random.default_rng(0).uniform(size=(len(rows), len(THEMES))).astype(np.float32)
+    chosen, scores = blend.choose(ngrams, rows, transformer)
+    assert set(scores) == {"mean"} and chosen.pooling == "mean"
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +178,9 @@ def test_blended_run_records_the_share_and_the_transformer_alone(blended_run):
     trained = json.loads((run / "train_metrics.json").read_text())["char_ngram_blend"]
     share = trained["transformer_share"]
     assert share in blend.SHARES and trained["pooling"] in blend.POOLINGS
+    # tiny.yaml is multi-label: the mean is the only pooling tried (single-label runs try both: test_tables' cv)
     assert {p: set(by_share) for p, by_share in trained["validation_score_by_pooling_and_share"].items()} == {
-        p: {str(s) for s in blend.SHARES} for p in blend.POOLINGS}
+        "mean": {str(s) for s in blend.SHARES}}
     assert trained["none_threshold"] in blend.NONE_THRESHOLDS
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["blend"]["transformer_share"] == share and metrics["blend"]["pooling"] == trained["pooling"]

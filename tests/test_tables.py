@@ -143,6 +143,10 @@ def test_cv_on_a_derived_schema_keeps_near_copies_in_one_fold(tmp_path):
     assert len(summary["summary"]["primary macro-F1"]["folds"]) == 2
     assert len(summary["summary"]["transformer-alone primary macro-F1"]["folds"]) == 2
     assert all((out / f"fold-{k}" / "char_ngrams.json").is_file() for k in range(2))
+    for k in range(2):  # single-label: validation chooses between both poolings, and the fold's report names its choice
+        trained = json.loads((out / f"fold-{k}" / "train_metrics.json").read_text())["char_ngram_blend"]
+        assert set(trained["validation_score_by_pooling_and_share"]) == {"mean", "geometric"}
+        assert json.loads((out / f"fold-{k}" / "char_ngrams.json").read_text())["pooling"] == trained["pooling"]
     assert set(summary["data_sha256"]) == {"train", "validation"} and summary["config"]["run_name"] == "own"
     assert summary["near_duplicate_groups"] == 6
     for k in range(2):
