@@ -87,14 +87,13 @@ class CharNgrams(NamedTuple):
             # In logs, renormalised as a softmax; share 1 or 0 gives one model's probabilities to float precision,
             # and the floor keeps log(0) finite.
             log_probs = share * np.log(np.maximum(transformer_probs, 1e-12)) + (1.0 - share) * np.log(np.maximum(labels, 1e-12))
-            probs = np.exp(log_probs - log_probs.max(axis=1, keepdims=True)) if len(log_probs) else np.exp(log_probs)
+            probs = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
             probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
         else:
             probs = share * transformer_probs + (1.0 - share) * labels
         if not self.multi_label:
             return probs, None
-        top = transformer_probs.max(axis=1) if len(transformer_probs) else np.zeros(0)
-        return probs, share * (1.0 - top) + (1.0 - share) * ngram[:, -1]
+        return probs, share * (1.0 - transformer_probs.max(axis=1)) + (1.0 - share) * ngram[:, -1]
 
     def blend(self, transformer_probs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """(blended label probabilities (n, n_labels), none gate (n,) bool for multi-label runs, else None)."""
@@ -145,9 +144,8 @@ def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) 
     gold = [r["primary"] for r in rows]
     label_ids = ngrams.label_ids
 
-    def answer_f1(candidate: CharNgrams, thresholds) -> float:
-        probs, none_score = candidate.combine(transformer_probs, ngram)
-        top, labels = decide(probs, label_ids, thresholds, none_score >= candidate.none_threshold)
+    def answer_f1(probs, thresholds, none_gate) -> float:
+        top, labels = decide(probs, label_ids, thresholds, none_gate)
         pred = [t if ls else NONE for t, ls in zip(top, labels)]
         return float(f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0))
 
@@ -156,9 +154,9 @@ def choose(ngrams: CharNgrams, rows: list[dict], transformer_probs: np.ndarray) 
     for pooling, share in ((p, float(s)) for p in poolings for s in SHARES):
         candidate = ngrams._replace(weight=share, pooling=pooling)
         if ngrams.multi_label:
-            probs, _ = candidate.combine(transformer_probs, ngram)
+            probs, none_score = candidate.combine(transformer_probs, ngram)  # once: only the none cut varies below
             thresholds = choose_thresholds(probs, membership(rows, label_ids), label_ids)
-            by_cut = {float(t): answer_f1(candidate._replace(none_threshold=float(t)), thresholds) for t in NONE_THRESHOLDS}
+            by_cut = {float(t): answer_f1(probs, thresholds, none_score >= t) for t in NONE_THRESHOLDS}
             cut = max(by_cut, key=lambda t: (round(by_cut[t], 6), t))  # ties: the higher cut, fewer "no label"
             candidate, scores[pooling, share] = candidate._replace(none_threshold=cut), by_cut[cut]
         else:

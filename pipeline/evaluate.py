@@ -23,7 +23,7 @@ from pipeline.data import NONE, file_sha256, load_split
 from pipeline.errors import InputError, RunDirError
 from pipeline.metrics import (bootstrap_ci, calibration, classification_metrics, length_buckets, membership,
                               tfidf_char_lr, theme_metrics, threshold_curves)
-from pipeline.model import decide, load_run, score_texts
+from pipeline.model import decide, label_ids, load_run, score_texts
 from pipeline.report import MODEL_CARD, REPORT_HTML, write_reports
 
 BOOTSTRAP_RESAMPLES = 1000  # enough for stable 2.5/97.5 percentiles; vectorised, well under a second
@@ -153,7 +153,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
                 f"retrain with `pipeline train CONFIG` or restore the data it was trained on"
             )
     tokenizer, model = load_run(run_dir)
-    theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    theme_ids = label_ids(model.config)
     thresholds = getattr(model.config, "theme_thresholds", None)
     multi = thresholds is not None
     left_out = 0

@@ -22,7 +22,8 @@ import numpy as np
 from pipeline import blend, runs
 from pipeline.data import Dropped
 from pipeline.errors import PipelineError
-from pipeline.model import EXPORT_INFO, ONNX_FILE, encode_windows, last_layer_cls_only, load_run, load_scorer, score_windows
+from pipeline.model import (EXPORT_INFO, ONNX_FILE, encode_windows, label_ids, last_layer_cls_only, load_run, load_scorer,
+                            score_windows)
 
 FORMATS = ("onnx", "torch")
 CHECK_RECORDS = 2000  # records the parity check scores: enough to see a 0.1% disagreement, quick on a CPU
@@ -99,7 +100,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None, 
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
         shutil.copy(run_dir / runs.RESOLVED_CONFIG, tmp / runs.RESOLVED_CONFIG)
-        if blend.load(run_dir, [model.config.id2label[i] for i in range(model.config.num_labels)]) is not None:
+        if blend.load(run_dir, label_ids(model.config)) is not None:
             # A blended run's n-gram half travels as it is; parity below measures the transformer, the half that changes.
             info["blend"] = "char_ngrams copied unchanged"
             for name in (blend.INFO_FILE, blend.WEIGHTS_FILE):

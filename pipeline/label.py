@@ -55,7 +55,7 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
     skipping near-copies of ones already picked (TF-IDF cosine > 0.5)."""
     from sklearn.metrics.pairwise import cosine_similarity
 
-    from pipeline.model import decide, load_run, score_texts
+    from pipeline.model import decide, label_ids, load_run, score_texts
 
     run_dir = runs.check_run_dir(run_dir)
     labelled = set(read_labels(cfg.data.labels, cfg.theme_ids))
@@ -64,7 +64,7 @@ def suggest(cfg: Config, run_dir: Path, output: Path, n: int = 100, min_chars: i
     if not pool:
         raise InputError("no unlabelled paragraphs in data.inputs to suggest from")
     tokenizer, model = load_run(run_dir)
-    theme_ids = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    theme_ids = label_ids(model.config)
     thresholds = getattr(model.config, "theme_thresholds", None) or {t: 0.5 for t in theme_ids}
     texts = [p.text for p in pool]
     probs, _ = score_texts(model, tokenizer, texts)

@@ -420,7 +420,8 @@ class Scorer(NamedTuple):
         return (probs, None) if self.ngrams is None else self.ngrams.blend(probs, texts)
 
 
-def _label_ids(config) -> list[str]:
+def label_ids(config) -> list[str]:
+    """The model's labels in output order."""
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
@@ -443,7 +444,7 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
 
         config = AutoConfig.from_pretrained(model_dir)
         return Scorer(AutoTokenizer.from_pretrained(model_dir), config, onnx_forward(model_dir / ONNX_FILE, threads), engine,
-                      blend.load(model_dir, _label_ids(config)))
+                      blend.load(model_dir, label_ids(config)))
     if threads:
         torch.set_num_threads(threads)
     tokenizer, model = load_run(model_dir)
@@ -461,4 +462,4 @@ def load_scorer(model_dir: Path, quantize: str | None = None, threads: int | Non
         # One process per GPU under torchrun/accelerate: each takes the GPU of its local rank.
         model = model.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     return Scorer(tokenizer, model.config, torch_forward(model), engine + ("-cuda" if model.device.type == "cuda" else ""),
-                  blend.load(model_dir, _label_ids(model.config)))
+                  blend.load(model_dir, label_ids(model.config)))

@@ -33,7 +33,7 @@ import numpy as np
 from pipeline import runs
 from pipeline.data import ARTICLE_SUFFIXES, Dropped, Paragraph, clean_article, decode, read_jsonl_records, read_paragraphs
 from pipeline.errors import InputError, PipelineError
-from pipeline.model import EXPORT_INFO, cpu_count, decide, encode_windows, load_scorer, resolve_precision, score_windows
+from pipeline.model import EXPORT_INFO, cpu_count, decide, encode_windows, label_ids, load_scorer, resolve_precision, score_windows
 
 CHUNK = 512  # records read and tokenised together: big enough to sort by length, small enough to stream
 MAIN_SHARE = 0.25  # a theme carried by at least this share of an article's paragraphs is one of its main themes
@@ -299,7 +299,7 @@ def predict(
     streams = _streams(streams, cpus, gpu=float_torch and _cuda())
     scorer = load_scorer(model_dir, quantize, threads=cpus // streams, dtype=None if dtype == "float32" else dtype)
     config = scorer.config
-    theme_ids = [config.id2label[i] for i in range(config.num_labels)]
+    theme_ids = label_ids(config)
     thresholds = getattr(config, "theme_thresholds", None)
     multi = config.problem_type == "multi_label_classification"
     pad_id = scorer.tokenizer.pad_token_id
